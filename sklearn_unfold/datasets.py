@@ -1,0 +1,188 @@
+"""Signal priors and the ``make_*`` generators of the reference problems.
+
+The reference problems (ALGORITHMS.md) are real-valued, ``N = 500``, ``M = 250``,
+Bernoulli-Gaussian signals with rate ``p = 0.1`` and unit active variance, and a noise variance
+``σw² = p · (N/M) · 10^(−SNR/10)`` (2e-5 at 40 dB):
+
+========== ============================================================ ======
+problem    A                                                            SNR
+========== ============================================================ ======
+giid       i.i.d. ``N(0, 1/M)``                                         40 dB
+kappa15    ``U diag(s) Vᵀ``, Haar ``U, V``, condition number 15         40 dB
+noiseless  as giid                                                      ∞
+dct        ``M`` random rows of the orthonormal DCT-II, × ``√(N/M)``    40 dB
+========== ============================================================ ======
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from .operators import (
+    bernoulli_matrix,
+    conditioned_matrix,
+    gaussian_matrix,
+    partial_dct_matrix,
+)
+
+#: Reference problems: (matrix kind, SNR in dB or None for noiseless, extra matrix kwargs).
+PROBLEMS: dict[str, tuple[str, float | None, dict]] = {
+    "giid": ("gaussian", 40.0, {}),
+    "kappa15": ("conditioned", 40.0, {"condition_number": 15.0}),
+    "noiseless": ("gaussian", None, {}),
+    "dct": ("dct", 40.0, {}),
+    "bernoulli": ("bernoulli", 40.0, {}),
+}
+
+_MATRICES = {
+    "gaussian": gaussian_matrix,
+    "conditioned": conditioned_matrix,
+    "dct": partial_dct_matrix,
+    "bernoulli": bernoulli_matrix,
+}
+
+
+@dataclass
+class BernoulliGaussianPrior:
+    r"""Bernoulli-Gaussian signal prior ``x_i ~ (1 − p) δ0 + p N(0, v)`` i.i.d.
+
+    Parameters
+    ----------
+    sparsity : float
+        The rate ``p`` of non-zero entries, in (0, 1].
+    var : float
+        The variance ``v`` of the non-zero entries.
+    n_features : int or None
+        ``N``; set by :meth:`fit` or needed before :meth:`sample`.
+
+    Any object with ``sample(n_samples, random_state)`` (and optionally ``fit(X)``) can stand in
+    for this class where the learned estimators take a ``signal_prior``.
+    """
+
+    sparsity: float = 0.1
+    var: float = 1.0
+    n_features: int | None = None
+
+    def fit(self, X: np.ndarray) -> BernoulliGaussianPrior:
+        """Estimate ``p`` (fraction of non-zeros) and ``v`` (mean square of the non-zeros) from X."""
+        X = np.asarray(X, dtype=np.float64)
+        nz = np.abs(X) > 1e-12 * max(float(np.abs(X).max(initial=0.0)), 1e-300)
+        self.n_features = X.shape[1]
+        self.sparsity = float(np.clip(nz.mean(), 1.0 / X.size, 1.0))
+        active = X[nz]
+        self.var = float(np.mean(active**2)) if active.size else 1.0
+        self.var = max(self.var, 1e-12)
+        return self
+
+    @property
+    def second_moment(self) -> float:
+        """``E[x²] = p v``."""
+        return self.sparsity * self.var
+
+    def sample(self, n_samples: int, random_state=None) -> np.ndarray:
+        """Draw ``n_samples`` signals, shape ``(n_samples, N)``."""
+        if self.n_features is None:
+            raise ValueError("BernoulliGaussianPrior.n_features is not set; call fit(X) or pass it.")
+        rng = check_random_state(random_state)
+        shape = (n_samples, self.n_features)
+        support = rng.random_sample(shape) < self.sparsity
+        return support * rng.standard_normal(shape) * np.sqrt(self.var)
+
+
+def noise_variance_for_snr(snr_db: float | None, sparsity: float, var: float, n_features: int,
+                           n_measurements: int) -> float:
+    """``σw² = p·v·(N/M)·10^(−SNR/10)``, the noise variance of the reference problems (0 if noiseless).
+
+    With ``‖A‖²_F = N`` on average, ``E‖Ax‖² / M = p v N / M``, so this is the SNR definition
+    ``E‖Ax‖² / E‖w‖²`` of ALGORITHMS.md.
+    """
+    if snr_db is None or np.isinf(snr_db):
+        return 0.0
+    return sparsity * var * (n_features / n_measurements) * 10.0 ** (-snr_db / 10.0)
+
+
+def make_sparse_signals(n_samples: int = 1000, n_features: int = 500, *, sparsity: float = 0.1,
+                        var: float = 1.0, random_state=None) -> np.ndarray:
+    """Bernoulli-Gaussian sparse signals, shape ``(n_samples, n_features)``."""
+    prior = BernoulliGaussianPrior(sparsity=sparsity, var=var, n_features=n_features)
+    return prior.sample(n_samples, random_state=random_state)
+
+
+def make_sensing_matrix(kind: str, n_measurements: int, n_features: int, *, random_state=None,
+                        **kwargs) -> np.ndarray:
+    """Sensing matrix of ``kind`` in ``{'gaussian', 'conditioned', 'dct', 'bernoulli'}``."""
+    if kind not in _MATRICES:
+        raise ValueError(f"kind must be one of {sorted(_MATRICES)}; got {kind!r}.")
+    return _MATRICES[kind](n_measurements, n_features, random_state=random_state, **kwargs)
+
+
+def make_compressed_sensing(
+    problem: str = "giid",
+    n_samples: int = 1000,
+    *,
+    n_features: int = 500,
+    n_measurements: int = 250,
+    sparsity: float = 0.1,
+    var: float = 1.0,
+    snr_db: float | None = "default",
+    A: np.ndarray | None = None,
+    random_state=None,
+    return_noise_var: bool = False,
+):
+    """Generate ``(Y, X, A)`` for a reference problem: ``Y = X Aᵀ + W``.
+
+    Parameters
+    ----------
+    problem : {'giid', 'kappa15', 'noiseless', 'dct', 'bernoulli'}
+        The reference problem; it fixes the matrix ensemble and the default SNR.
+    n_samples : int
+        Number of (measurement, signal) pairs.
+    n_features, n_measurements : int
+        ``N`` and ``M`` (500 and 250 in the references).
+    sparsity, var : float
+        Bernoulli-Gaussian rate ``p`` and active variance ``v``.
+    snr_db : float or None
+        Overrides the problem's SNR; ``None`` means noiseless.
+    A : ndarray of shape (n_measurements, n_features), optional
+        Reuse a matrix (for a fresh test set on the training matrix). Drawn when omitted.
+    random_state : int, RandomState instance or None
+        Seeds the matrix (when drawn), the signals and the noise.
+    return_noise_var : bool
+        Also return ``σw²``.
+
+    Returns
+    -------
+    Y : ndarray of shape (n_samples, n_measurements)
+    X : ndarray of shape (n_samples, n_features)
+    A : ndarray of shape (n_measurements, n_features)
+    noise_var : float
+        Only when ``return_noise_var``.
+
+    Examples
+    --------
+    >>> from sklearn_unfold.datasets import make_compressed_sensing
+    >>> Y, X, A = make_compressed_sensing("giid", n_samples=10, random_state=0)
+    >>> Y.shape, X.shape, A.shape
+    ((10, 250), (10, 500), (250, 500))
+    """
+    if problem not in PROBLEMS:
+        raise ValueError(f"problem must be one of {sorted(PROBLEMS)}; got {problem!r}.")
+    kind, default_snr, kwargs = PROBLEMS[problem]
+    if isinstance(snr_db, str):
+        snr_db = default_snr
+    rng = check_random_state(random_state)
+    if A is None:
+        A = make_sensing_matrix(kind, n_measurements, n_features, random_state=rng, **kwargs)
+    else:
+        A = np.asarray(A, dtype=np.float64)
+        if A.shape != (n_measurements, n_features):
+            n_measurements, n_features = A.shape
+    X = make_sparse_signals(n_samples, n_features, sparsity=sparsity, var=var, random_state=rng)
+    noise_var = noise_variance_for_snr(snr_db, sparsity, var, n_features, n_measurements)
+    Y = X @ A.T + np.sqrt(noise_var) * rng.standard_normal((n_samples, n_measurements))
+    if return_noise_var:
+        return Y, X, A, noise_var
+    return Y, X, A

@@ -1,0 +1,243 @@
+"""Scalar denoisers ``η(r; σ, θ)`` with their mean derivative.
+
+Every denoiser here is a plain torch function
+
+.. code-block:: text
+
+    value, dmean = denoiser(r, sigma, theta)
+
+* ``r``      : ``(n_samples, N)`` tensor, the noisy pseudo-measurement ``r = x + σ z``;
+* ``sigma``  : ``(n_samples, 1)`` tensor (or anything broadcastable to it), the standard deviation
+  of the effective noise in ``r``;
+* ``theta``  : 1-D tensor of the denoiser's parameters (see :data:`DENOISER_PARAMS`);
+* ``value``  : ``η(r)``, same shape as ``r``;
+* ``dmean``  : ``⟨η'(r)⟩``, the mean over the N entries of the derivative, shape ``(n_samples, 1)``.
+
+All functions are differentiable in ``theta`` (the learned networks train them unchanged) and
+in ``r``. AMP's Onsager term and VAMP's precision updates are built from ``dmean``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+DenoiserFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+#: Parameter names and initial values of each parameterised shrinkage (ALGORITHMS.md).
+DENOISER_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+    "soft": (("lam", "gain"), (1.0, 1.0)),
+    "bg": (("var", "logit"), (1.0, math.log(9.0))),
+    "pwlin": (("a", "b", "s0", "s1", "s2"), (2.0, 4.0, 0.1, 1.5, 0.95)),
+    "expo": (("width", "slope", "dip"), (2.5, 0.9, -1.0)),
+    "spline": (("width", "slope", "dip"), (3.7, 0.9, -1.5)),
+}
+
+_TINY = 1e-12
+
+
+def _mean(d: Tensor) -> Tensor:
+    return d.mean(dim=-1, keepdim=True)
+
+
+def soft(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Scaled soft threshold.
+
+    .. math:: η(r) = g\,\mathrm{sign}(r)\max(|r| - λσ, 0), \qquad η'(r) = g\,1\{|r| > λσ\}
+
+    ``theta = (λ, g)``; ``g`` is optional (1 when ``theta`` has one entry).
+    """
+    lam = theta[0]
+    gain = theta[1] if theta.numel() > 1 else torch.ones((), dtype=r.dtype, device=r.device)
+    tau = lam * sigma
+    mag = torch.relu(r.abs() - tau)
+    value = gain * torch.sign(r) * mag
+    active = (r.abs() > tau).to(r.dtype)
+    return value, gain * _mean(active)
+
+
+def bg_posterior_prob(r: Tensor, sigma: Tensor, var: Tensor, logit: Tensor) -> Tensor:
+    r"""Posterior probability ``π(r)`` that an entry is active under the Bernoulli-Gaussian prior.
+
+    .. math:: π(r) = \left(1 + \tfrac{1-p}{p}\sqrt{\tfrac{v+σ^2}{σ^2}}
+              \exp\!\left(-\tfrac{r^2}{2}\left(\tfrac{1}{σ^2} - \tfrac{1}{v+σ^2}\right)\right)\right)^{-1},
+              \quad p = \frac{1}{1+e^{ℓ}}
+
+    computed in the log domain (a sigmoid), so it never overflows.
+    """
+    s2 = sigma * sigma
+    z = -logit - 0.5 * torch.log((var + s2) / s2) + 0.5 * r * r * (1.0 / s2 - 1.0 / (var + s2))
+    return torch.sigmoid(z)
+
+
+def bg(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Bernoulli-Gaussian MMSE denoiser ``E[x | r]`` for ``x ~ (1-p) δ0 + p N(0, v)``.
+
+    .. math:: η(r) = π(r)\,\frac{v}{v+σ^2}\,r, \qquad
+              η'(r) = \frac{v}{v+σ^2}\,(π + r π'), \qquad
+              π' = π(1-π)\,r\left(\tfrac{1}{σ^2} - \tfrac{1}{v+σ^2}\right)
+
+    ``theta = (v, ℓ)`` with sparsity rate ``p = 1/(1+e^ℓ)``; ``v`` is clamped to stay positive.
+    """
+    var = theta[0].clamp_min(_TINY)
+    logit = theta[1]
+    s2 = sigma * sigma
+    pi = bg_posterior_prob(r, sigma, var, logit)
+    g = var / (var + s2)
+    value = pi * g * r
+    dpi = pi * (1.0 - pi) * r * (1.0 / s2 - 1.0 / (var + s2))
+    return value, _mean(g * (pi + r * dpi))
+
+
+def pwlin(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Piecewise-linear shrinkage with breakpoints ``aσ`` and ``bσ``.
+
+    .. math:: η(r) = \mathrm{sign}(r)\left[s_0|r| + (s_1-s_0)\max(|r|-aσ,0) + (s_2-s_1)\max(|r|-bσ,0)\right]
+
+    ``theta = (a, b, s0, s1, s2)``.
+    """
+    a, b, s0, s1, s2 = theta[0], theta[1], theta[2], theta[3], theta[4]
+    ar = r.abs()
+    value = torch.sign(r) * (
+        s0 * ar + (s1 - s0) * torch.relu(ar - a * sigma) + (s2 - s1) * torch.relu(ar - b * sigma)
+    )
+    deriv = s0 + (s1 - s0) * (ar > a * sigma).to(r.dtype) + (s2 - s1) * (ar > b * sigma).to(r.dtype)
+    return value, _mean(deriv)
+
+
+def expo(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Exponential shrinkage.
+
+    .. math:: η(r) = r\left(θ_1 + θ_2 e^{-r^2/(2θ_0^2σ^2)}\right), \qquad
+              η'(r) = θ_1 + θ_2 e^{-r^2/(2θ_0^2σ^2)}\left(1 - \tfrac{r^2}{θ_0^2σ^2}\right)
+
+    ``theta = (θ0, θ1, θ2)``.
+    """
+    w2 = (theta[0] * sigma) ** 2
+    e = torch.exp(-r * r / (2.0 * w2))
+    value = r * (theta[1] + theta[2] * e)
+    deriv = theta[1] + theta[2] * e * (1.0 - r * r / w2)
+    return value, _mean(deriv)
+
+
+def _bspline3(u: Tensor) -> tuple[Tensor, Tensor]:
+    """Cubic B-spline ``β3(u)`` and its derivative."""
+    au = u.abs()
+    inner = au < 1.0
+    outer = (au >= 1.0) & (au < 2.0)
+    zero = torch.zeros_like(u)
+    val = torch.where(inner, 2.0 / 3.0 - au**2 + 0.5 * au**3, zero)
+    val = torch.where(outer, (2.0 - au) ** 3 / 6.0, val)
+    der = torch.where(inner, torch.sign(u) * (-2.0 * au + 1.5 * au**2), zero)
+    der = torch.where(outer, -torch.sign(u) * 0.5 * (2.0 - au) ** 2, der)
+    return val, der
+
+
+def spline(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Cubic-spline shrinkage.
+
+    .. math:: η(r) = r\left(θ_1 + θ_2 β_3\!\left(\tfrac{r}{θ_0σ}\right)\right), \qquad
+              η'(r) = θ_1 + θ_2 β_3(u) + θ_2 u β_3'(u),\ u = \tfrac{r}{θ_0σ}
+
+    with ``β3`` the cubic B-spline; ``theta = (θ0, θ1, θ2)``.
+    """
+    u = r / (theta[0] * sigma)
+    b, db = _bspline3(u)
+    value = r * (theta[1] + theta[2] * b)
+    deriv = theta[1] + theta[2] * b + theta[2] * u * db
+    return value, _mean(deriv)
+
+
+class MLPDenoiser(nn.Module):
+    r"""A small per-entry MLP denoiser ``η(r) = r + f([r/σ, log σ])·σ``.
+
+    The features are normalised by σ so the same weights serve every noise level; the mean
+    derivative ``⟨η'⟩`` is computed exactly by autograd (the network acts entrywise, so the
+    divergence is the sum of the gradient of ``Σ η`` with respect to ``r``).
+
+    Parameters
+    ----------
+    hidden : int
+        Width of the two hidden layers.
+    """
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, 1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, r: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            r_in = r if r.requires_grad else r.detach().requires_grad_(True)
+            s = sigma.expand_as(r_in)
+            feats = torch.stack([r_in / s, torch.log(s.clamp_min(_TINY))], dim=-1)
+            value = r_in + self.net(feats).squeeze(-1) * s
+            (grad,) = torch.autograd.grad(value.sum(), r_in, create_graph=self.training)
+        return value, _mean(grad)
+
+
+_DENOISERS: dict[str, DenoiserFn] = {
+    "soft": soft, "bg": bg, "pwlin": pwlin, "expo": expo, "spline": spline,
+}
+
+
+def get_denoiser(name: str) -> DenoiserFn:
+    """Return the denoiser function called ``name`` (one of :data:`DENOISER_PARAMS`)."""
+    try:
+        return _DENOISERS[name]
+    except KeyError:
+        raise ValueError(
+            f"denoiser must be one of {sorted(_DENOISERS)}; got {name!r}."
+        ) from None
+
+
+def default_theta(name: str, **overrides: float) -> np.ndarray:
+    """Initial parameters of denoiser ``name`` as a float64 array; keywords override by name."""
+    if name not in DENOISER_PARAMS:
+        raise ValueError(f"denoiser must be one of {sorted(DENOISER_PARAMS)}; got {name!r}.")
+    names, values = DENOISER_PARAMS[name]
+    theta = dict(zip(names, values, strict=True))
+    for key, val in overrides.items():
+        if key not in theta:
+            raise ValueError(f"denoiser {name!r} has no parameter {key!r}; it has {names}.")
+        theta[key] = float(val)
+    return np.array([theta[n] for n in names], dtype=np.float64)
+
+
+def bg_theta(sparsity: float, var: float) -> np.ndarray:
+    """``theta`` of the Bernoulli-Gaussian denoiser matched to rate ``sparsity`` and variance ``var``."""
+    p = float(np.clip(sparsity, 1e-9, 1 - 1e-9))
+    return np.array([var, math.log((1.0 - p) / p)], dtype=np.float64)
+
+
+def bg_mse(sigma2: float | np.ndarray, sparsity: float, var: float, n_points: int = 101) -> np.ndarray:
+    r"""Mean-squared error of the Bernoulli-Gaussian MMSE denoiser at noise variance ``sigma2``.
+
+    .. math:: \mathrm{mse}(σ^2) = p v - E_r[η(r)^2], \qquad
+              r \sim (1-p) N(0, σ^2) + p N(0, v + σ^2)
+
+    The expectation over each Gaussian component is computed by Gauss-Hermite quadrature.
+    This is the scalar channel of AMP's state evolution.
+    """
+    s2 = np.atleast_1d(np.asarray(sigma2, dtype=np.float64))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
+    weights = weights / weights.sum()
+    theta = torch.as_tensor(bg_theta(sparsity, var))
+    out = np.empty_like(s2)
+    for i, s in enumerate(s2):
+        sig = torch.tensor([[math.sqrt(s)]], dtype=torch.float64)
+        e2 = 0.0
+        for prob, std in ((1.0 - sparsity, math.sqrt(s)), (sparsity, math.sqrt(var + s))):
+            r = torch.as_tensor(std * nodes, dtype=torch.float64)[None, :]
+            val, _ = bg(r, sig, theta)
+            e2 += prob * float((weights * val[0].numpy() ** 2).sum())
+        out[i] = sparsity * var - e2
+    return out

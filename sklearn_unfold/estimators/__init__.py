@@ -1,0 +1,5 @@
+"""scikit-learn estimators."""
+
+from .classical import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
+
+__all__ = ["AMPRegressor", "FISTARegressor", "ISTARegressor", "VAMPRegressor"]

@@ -1,0 +1,182 @@
+"""What every recovery estimator shares: validation, the fitted operator and prior, chunked predict.
+
+An estimator of this package is a regressor from measurements ``Y (n, M)`` to signals
+``X (n, N)``: ``fit(Y, X)``, ``predict(Y) -> X̂``. This base class turns ``fit``'s inputs into
+validated float64 arrays and the fitted state that the solvers and networks need:
+
+* ``A_``: the sensing matrix (given, checked against the data, or estimated from the pairs by
+  ridge-regularised least squares when ``A=None``);
+* ``sparsity_``, ``signal_var_``: the Bernoulli-Gaussian prior fitted to ``X``;
+* ``noise_var_``: the noise variance, given or estimated from ``Y − X A_ᵀ``.
+
+Subclasses implement ``_fit_solver`` (what ``fit`` does after validation) and ``_iterate``
+(a generator of per-iteration / per-layer estimates for one chunk of measurements).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ..datasets import BernoulliGaussianPrior
+
+_RIDGE = 1e-8
+
+
+def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int | None = None
+                         ) -> np.ndarray:
+    """Validate a user-given sensing matrix and return it as a float64 array.
+
+    Raises a ``ValueError`` that names ``A`` and the shapes seen when it is not 2-D, holds NaN or
+    inf, has an all-zero column, or does not match the data's widths.
+    """
+    if isinstance(A, torch.Tensor):
+        A = A.detach().cpu().numpy()
+    if np.iscomplexobj(A):
+        raise ValueError("A is complex; complex-valued operators are not supported yet.")
+    A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1)
+    if n_measurements is not None and A.shape[0] != n_measurements:
+        raise ValueError(
+            f"Y has {n_measurements} columns (measurements) but A has shape {A.shape}: "
+            f"A must have {n_measurements} rows."
+        )
+    if n_features is not None and A.shape[1] != n_features:
+        raise ValueError(
+            f"X has {n_features} columns (signal entries) but A has shape {A.shape}: "
+            f"A must have {n_features} columns."
+        )
+    zero_cols = np.flatnonzero(~np.any(A != 0, axis=0))
+    if zero_cols.size:
+        raise ValueError(
+            f"A has {zero_cols.size} all-zero column(s) (first: {zero_cols[:5].tolist()}); "
+            "those signal entries are unobservable."
+        )
+    return A
+
+
+def estimate_sensing_matrix(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    r"""Ridge least-squares estimate of ``A`` from pairs: ``Aᵀ = (XᵀX + λI)⁻¹ XᵀY``.
+
+    ``λ`` is ``1e-8`` times the mean diagonal of ``XᵀX``, enough to keep the solve well posed
+    when a signal entry is never active in the training set.
+    """
+    gram = X.T @ X
+    lam = _RIDGE * max(float(np.trace(gram)) / max(gram.shape[0], 1), 1e-300)
+    gram[np.diag_indices_from(gram)] += lam
+    return np.linalg.solve(gram, X.T @ Y).T
+
+
+class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
+    """Shared machinery of the classical and learned recovery estimators (not public)."""
+
+    _parameter_constraints: dict = {
+        "A": ["array-like", None],
+        "noise_var": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    # ---------------------------------------------------------------- tags
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    # ---------------------------------------------------------------- fit helpers
+    def _validate_fit_data(self, Y, X) -> tuple[np.ndarray, np.ndarray]:
+        """Validate ``fit(Y, X)`` and set ``A_``, the prior and ``noise_var_``."""
+        _reject_complex(Y=Y, X=X)
+        Y, X = validate_data(
+            self, Y, X, multi_output=True, y_numeric=True, dtype=np.float64,
+        )
+        self._target_1d = X.ndim == 1
+        X2 = X.reshape(-1, 1) if X.ndim == 1 else X
+        if self.A is None:
+            self.A_ = estimate_sensing_matrix(Y, X2)
+        else:
+            self.A_ = check_sensing_matrix(self.A, Y.shape[1], X2.shape[1])
+        prior = BernoulliGaussianPrior().fit(X2)
+        self.sparsity_ = prior.sparsity
+        self.signal_var_ = prior.var
+        if self.noise_var == "auto":
+            resid = Y - X2 @ self.A_.T
+            floor = 1e-10 * max(float(np.mean(Y**2)), 1e-300)
+            self.noise_var_ = max(float(np.mean(resid**2)), floor)
+        else:
+            self.noise_var_ = float(self.noise_var)
+        return Y, X2
+
+    # ---------------------------------------------------------------- predict helpers
+    def _validate_predict_data(self, Y) -> np.ndarray:
+        check_is_fitted(self)
+        _reject_complex(Y=Y)
+        return validate_data(self, Y, reset=False, dtype=np.float64)
+
+    def _format_output(self, X_hat: torch.Tensor | np.ndarray) -> np.ndarray:
+        if isinstance(X_hat, torch.Tensor):
+            X_hat = X_hat.detach().cpu().numpy()
+        X_hat = np.asarray(X_hat, dtype=np.float64)
+        return X_hat.ravel() if self._target_1d else X_hat
+
+    def _chunks(self, Y: np.ndarray):
+        step = int(self.batch_size)
+        for start in range(0, Y.shape[0], step):
+            yield Y[start:start + step]
+
+    def predict(self, Y) -> np.ndarray:
+        """Recover the signals from measurements ``Y``.
+
+        Parameters
+        ----------
+        Y : array-like of shape (n_samples, n_measurements)
+
+        Returns
+        -------
+        X_hat : ndarray of shape (n_samples, n_features), float64
+            (``(n_samples,)`` when the training targets were 1-D).
+        """
+        Y = self._validate_predict_data(Y)
+        outs, n_iter = [], 0
+        for chunk in self._chunks(Y):
+            last, steps = None, 0
+            for steps, x in enumerate(self._iterate(chunk), start=1):
+                last = x
+            outs.append(self._format_output(last))
+            n_iter = max(n_iter, steps)
+        self._set_n_iter(n_iter)
+        return np.concatenate(outs, axis=0)
+
+    def staged_predict(self, Y):
+        """Yield the estimate after each iteration (classical) or layer (learned).
+
+        The last value yielded equals :meth:`predict` ``(Y)``. Plots of NMSE against
+        iterations or depth are one call: ``[nmse_db(X, Xt) for Xt in est.staged_predict(Y)]``.
+
+        Parameters
+        ----------
+        Y : array-like of shape (n_samples, n_measurements)
+
+        Yields
+        ------
+        X_hat : ndarray of shape (n_samples, n_features)
+        """
+        Y = self._validate_predict_data(Y)
+        for x in self._iterate(Y):
+            yield self._format_output(x)
+
+    def _set_n_iter(self, n_iter: int) -> None:
+        """Hook: classical solvers record ``n_iter_``; learned networks have a fixed depth."""
+
+
+def _reject_complex(**arrays) -> None:
+    for name, arr in arrays.items():
+        if np.iscomplexobj(arr) and not hasattr(arr, "dtypes"):
+            raise ValueError(
+                f"{name} is complex ({np.asarray(arr).dtype}); complex-valued signals and "
+                "measurements are not supported yet."
+            )

@@ -1,0 +1,329 @@
+"""ISTA, FISTA, AMP and VAMP as scikit-learn regressors from measurements to signals.
+
+Each estimator is thin: ``fit`` validates and fits what is ``"auto"`` (the operator, the prior,
+the noise variance), ``predict`` hands chunks of measurements to the solver in
+:mod:`sklearn_unfold.solvers` and converts back to float64 numpy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..denoisers import bg_theta, get_denoiser
+from ..operators import DenseOperator
+from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
+from ..tuning import soft_threshold_for_prior
+from ._base import RecoveryEstimatorBase
+
+_DTYPE = torch.float64
+
+
+class _ClassicalBase(RecoveryEstimatorBase):
+    _parameter_constraints: dict = {
+        **RecoveryEstimatorBase._parameter_constraints,
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+    }
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, Y, X):
+        """Validate the pairs and fit what is ``"auto"``.
+
+        Parameters
+        ----------
+        Y : array-like of shape (n_samples, n_measurements)
+            Measurements.
+        X : array-like of shape (n_samples, n_features) or (n_samples,)
+            The signals behind them.
+
+        Returns
+        -------
+        self : object
+        """
+        Y, X = self._validate_fit_data(Y, X)
+        self._op = DenseOperator(torch.as_tensor(self.A_, dtype=_DTYPE))
+        self._predict_stats = {"n_iter": None}
+        self._fit_solver(Y, X)
+        return self
+
+    def _fit_solver(self, Y, X) -> None:
+        """Hook for the method's own fitted parameters."""
+
+    def _tensor(self, Y: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(Y), dtype=_DTYPE)
+
+    def _iterate(self, Y: np.ndarray):
+        report = IterationReport()
+        with torch.no_grad():
+            yield from self._solver_iterates(self._tensor(Y), report)
+        self._warn(report)
+
+    def _warn(self, report: IterationReport) -> None:
+        name = type(self).__name__
+        if report.n_diverged:
+            warnings.warn(
+                f"{name} diverged on {report.n_diverged} sample(s); returning each one's best "
+                "finite iterate. Message passing assumes an i.i.d.-like A: try VAMPRegressor, "
+                "damping < 1, or a learned network.", ConvergenceWarning, stacklevel=3)
+        elif report.n_unconverged:
+            warnings.warn(
+                f"{name} reached max_iter={self.max_iter} before tol={self.tol} on "
+                f"{report.n_unconverged} sample(s); increase max_iter.",
+                ConvergenceWarning, stacklevel=3)
+
+    def _set_n_iter(self, n_iter: int) -> None:
+        # Kept in a holder created by fit, so that predict does not add keys to __dict__
+        # (scikit-learn's check_dict_unchanged) while ``n_iter_`` still reflects the last call.
+        self._predict_stats["n_iter"] = n_iter
+
+    @property
+    def n_iter_(self) -> int:
+        """Iterations run by the last ``predict`` (the largest over samples)."""
+        stats = getattr(self, "_predict_stats", {})
+        if stats.get("n_iter") is None:
+            raise AttributeError("n_iter_ is set by predict; call fit, then predict.")
+        return stats["n_iter"]
+
+
+class ISTARegressor(_ClassicalBase):
+    r"""Iterative soft thresholding for the LASSO, ``min_x ½‖y − Ax‖² + α‖x‖₁``.
+
+    .. math:: x_{t+1} = \mathrm{soft}\big(x_t + Aᵀ(y − A x_t)/L;\ α/L\big), \qquad L = ‖A‖₂^2
+
+    The converged estimate is the LASSO solution: it equals
+    ``sklearn.linear_model.Lasso(alpha=alpha / M, fit_intercept=False)`` fitted per sample.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_measurements, n_features), default=None
+        The sensing matrix. ``None`` estimates it from the training pairs (ridge least squares).
+    alpha : float, default=0.05
+        The ℓ1 weight ``α`` in the objective above (``M`` times scikit-learn's Lasso ``alpha``).
+    max_iter : int, default=5000
+        Iteration cap per sample.
+    tol : float, default=1e-6
+        A sample stops when ``‖x_{t+1} − x_t‖ ≤ tol·‖x_t‖``.
+    noise_var : "auto" or float, default="auto"
+        Noise variance (recorded as ``noise_var_``; ISTA itself does not use it).
+    batch_size : int, default=4096
+        Samples per chunk in ``predict``.
+
+    Attributes
+    ----------
+    A_ : ndarray of shape (n_measurements, n_features)
+    lipschitz_ : float
+        ``L = ‖A_‖₂²``.
+    n_iter_ : int
+        Iterations run by the last ``predict`` (the largest over samples).
+    sparsity_, signal_var_, noise_var_ : float
+        The Bernoulli-Gaussian prior and noise variance fitted to the training pairs.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``Y`` had string column names.
+
+    Examples
+    --------
+    >>> from sklearn_unfold import ISTARegressor
+    >>> from sklearn_unfold.datasets import make_compressed_sensing
+    >>> Y, X, A = make_compressed_sensing("giid", n_samples=20, random_state=0)
+    >>> est = ISTARegressor(A=A, alpha=0.05, max_iter=200).fit(Y, X)
+    >>> est.predict(Y).shape
+    (20, 500)
+    """
+
+    _accelerated = False
+    _parameter_constraints: dict = {
+        **_ClassicalBase._parameter_constraints,
+        "alpha": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, A=None, *, alpha=0.05, max_iter=5000, tol=1e-6, noise_var="auto",
+                 batch_size=4096):
+        self.A = A
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.tol = tol
+        self.noise_var = noise_var
+        self.batch_size = batch_size
+
+    def _fit_solver(self, Y, X) -> None:
+        self.lipschitz_ = self._op.spectral_norm_sq()
+
+    def _solver_iterates(self, Y, report):
+        return ista_iterates(Y, self._op, self.alpha, max_iter=self.max_iter, tol=self.tol,
+                             accelerated=self._accelerated, lipschitz=self.lipschitz_,
+                             report=report)
+
+
+class FISTARegressor(ISTARegressor):
+    r"""FISTA (Beck-Teboulle): ISTA's step taken at an extrapolated point.
+
+    .. math::
+        s_t = \tfrac12\big(1 + \sqrt{1 + 4 s_{t-1}^2}\big), \quad
+        z_t = x_t + \tfrac{s_{t-1} - 1}{s_t}(x_t - x_{t-1}), \quad
+        x_{t+1} = \mathrm{soft}\big(z_t + Aᵀ(y − A z_t)/L;\ α/L\big)
+
+    Same objective, parameters and attributes as :class:`ISTARegressor`; it reaches a given
+    accuracy in roughly the square root of ISTA's iteration count.
+    """
+
+    _accelerated = True
+
+
+class _MessagePassingBase(_ClassicalBase):
+    _parameter_constraints: dict = {
+        **_ClassicalBase._parameter_constraints,
+        "denoiser": [StrOptions({"soft", "bg"})],
+        "threshold": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "damping": [Interval(Real, 0, 1, closed="right")],
+        "sparsity": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="right")],
+        "signal_var": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+    }
+
+    def _fit_solver(self, Y, X) -> None:
+        if self.sparsity != "auto":
+            self.sparsity_ = float(self.sparsity)
+        if self.signal_var != "auto":
+            self.signal_var_ = float(self.signal_var)
+        self.denoiser_ = get_denoiser(self.denoiser)
+        if self.denoiser == "bg":
+            self.threshold_ = None
+            theta = bg_theta(self.sparsity_, self.signal_var_)
+        else:
+            if self.threshold == "auto":
+                self.threshold_ = soft_threshold_for_prior(
+                    self.sparsity_, self.signal_var_, self.noise_var_,
+                    self.A_.shape[0] / self.A_.shape[1], algorithm=self._algorithm)
+            else:
+                self.threshold_ = float(self.threshold)
+            theta = np.array([self.threshold_, 1.0])
+        self.theta_ = torch.as_tensor(theta, dtype=_DTYPE)
+
+
+class AMPRegressor(_MessagePassingBase):
+    r"""Approximate message passing with a scalar denoiser.
+
+    .. math::
+        v_t = y - A\hat x_t + \tfrac{N}{M}\langle η'_{t-1}\rangle v_{t-1},\quad
+        σ_t = \|v_t\|/\sqrt M,\quad
+        \hat x_{t+1} = η(\hat x_t + Aᵀ v_t;\ σ_t, θ)
+
+    With ``denoiser="bg"`` and the prior fitted to the training signals this is Bayes-optimal
+    for i.i.d. Gaussian ``A`` and follows state evolution; with ``"soft"`` and a threshold
+    ``λσ_t`` it converges to a LASSO solution. AMP assumes an i.i.d.-like ``A``: on an
+    ill-conditioned matrix it diverges, warns (``ConvergenceWarning``) and returns each sample's
+    best finite iterate (the one with the smallest ``σ_t``).
+
+    Parameters
+    ----------
+    A : array-like of shape (n_measurements, n_features), default=None
+        The sensing matrix; ``None`` estimates it from the training pairs.
+    denoiser : {"bg", "soft"}, default="bg"
+        Bernoulli-Gaussian MMSE denoiser, or the soft threshold.
+    threshold : "auto" or float, default="auto"
+        Threshold multiplier ``λ`` of the soft denoiser. ``"auto"`` picks the ``λ`` whose
+        state-evolution fixed point is lowest for the fitted prior and noise.
+    damping : float in (0, 1], default=1.0
+        ``x̂ ← β η(·) + (1 − β) x̂``; 1 is undamped.
+    max_iter : int, default=100
+    tol : float, default=1e-6
+    noise_var : "auto" or float, default="auto"
+        ``σw²``; ``"auto"`` estimates it from ``Y − X A_ᵀ`` on the training pairs.
+    sparsity : "auto" or float, default="auto"
+        Prior rate ``p`` of non-zeros; ``"auto"`` fits it to the training signals.
+    signal_var : "auto" or float, default="auto"
+        Prior variance ``v`` of the non-zeros; ``"auto"`` fits it.
+    batch_size : int, default=4096
+        Samples per chunk in ``predict``.
+
+    Attributes
+    ----------
+    A_, sparsity_, signal_var_, noise_var_, n_features_in_, n_iter_
+        As in :class:`ISTARegressor`.
+    threshold_ : float or None
+        The soft threshold multiplier used (``None`` for ``"bg"``).
+    theta_ : tensor
+        The denoiser's parameters.
+    """
+
+    _algorithm = "amp"
+
+    def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0, max_iter=100,
+                 tol=1e-6, noise_var="auto", sparsity="auto", signal_var="auto",
+                 batch_size=4096):
+        self.A = A
+        self.denoiser = denoiser
+        self.threshold = threshold
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+        self.noise_var = noise_var
+        self.sparsity = sparsity
+        self.signal_var = signal_var
+        self.batch_size = batch_size
+
+    def _solver_iterates(self, Y, report):
+        return amp_iterates(Y, self._op, self.denoiser_, self.theta_, max_iter=self.max_iter,
+                            tol=self.tol, damping=self.damping, report=report)
+
+
+class VAMPRegressor(_MessagePassingBase):
+    r"""Vector AMP: an LMMSE stage through the SVD of ``A`` alternating with a scalar denoiser.
+
+    .. math::
+        \hat x_2 = (γ_w AᵀA + γ_2 I)^{-1}(γ_w Aᵀy + γ_2 r_2),\quad
+        γ_1 = γ_2(1-α_2)/α_2,\quad r_1 = (\hat x_2 - α_2 r_2)/(1-α_2) \\
+        \hat x_1 = η(r_1;\ γ_1^{-1/2}, θ),\quad
+        γ_2 = γ_1(1-α_1)/α_1,\quad r_2 = (\hat x_1 - α_1 r_1)/(1-α_1)
+
+    with ``γw = 1/σw²`` and ``α`` the mean derivative of each stage. Starts from ``r2 = 0``,
+    ``γ2 = 1/E[x²]``; ``predict`` returns the denoiser output ``x̂1``. Unlike AMP it stays
+    Bayes-optimal for ill-conditioned (right-rotationally invariant) ``A``.
+
+    Parameters
+    ----------
+    A, denoiser, threshold, max_iter, tol, noise_var, sparsity, signal_var, batch_size
+        As in :class:`AMPRegressor` (``max_iter`` defaults to 50).
+    damping : float in (0, 1], default=1.0
+        Damping of the message ``r2`` and the precision ``γ2``; 1 is undamped.
+
+    Attributes
+    ----------
+    A_, sparsity_, signal_var_, noise_var_, n_features_in_, n_iter_, threshold_, theta_
+        As in :class:`AMPRegressor`.
+    singular_values_ : ndarray
+        The non-zero singular values of ``A_``.
+    """
+
+    _algorithm = "vamp"
+
+    def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0, max_iter=50,
+                 tol=1e-6, noise_var="auto", sparsity="auto", signal_var="auto",
+                 batch_size=4096):
+        self.A = A
+        self.denoiser = denoiser
+        self.threshold = threshold
+        self.damping = damping
+        self.max_iter = max_iter
+        self.tol = tol
+        self.noise_var = noise_var
+        self.sparsity = sparsity
+        self.signal_var = signal_var
+        self.batch_size = batch_size
+
+    def _fit_solver(self, Y, X) -> None:
+        super()._fit_solver(Y, X)
+        self._svd = self._op.svd()
+        self.singular_values_ = self._svd[1].numpy().copy()
+
+    def _solver_iterates(self, Y, report):
+        return vamp_iterates(Y, self._op, self.denoiser_, self.theta_, self.noise_var_,
+                             self.sparsity_ * self.signal_var_, max_iter=self.max_iter,
+                             tol=self.tol, damping=self.damping, svd=self._svd, report=report)

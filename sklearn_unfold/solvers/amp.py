@@ -1,0 +1,67 @@
+"""Approximate message passing (Donoho-Maleki-Montanari) on row batches.
+
+Each iteration is :func:`sklearn_unfold.steps.amp_step` with ``B = Aᵀ`` and the analytic
+Onsager coefficient; see that function for the update equations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from ..denoisers import DenoiserFn
+from ..operators import LinearOperator, as_operator
+from ..steps import amp_step
+from ._loop import IterationReport, run_iterations
+
+
+def amp_iterates(
+    Y: Tensor,
+    A: LinearOperator | Tensor,
+    denoiser: DenoiserFn,
+    theta: Tensor,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    damping: float = 1.0,
+    report: IterationReport | None = None,
+) -> Iterator[Tensor]:
+    r"""Yield the AMP estimates ``x̂_1, x̂_2, …``.
+
+    .. math::
+        v_t = y - A\hat x_t + \tfrac{N}{M}\langle η'_{t-1}\rangle v_{t-1}, \quad
+        σ_t = \|v_t\|/\sqrt M, \quad
+        \hat x_{t+1} = β\,η(\hat x_t + Aᵀ v_t;\ σ_t, θ) + (1-β)\,\hat x_t
+
+    with damping ``β`` (1 = undamped). Each row stops on its own at ``tol``. A row whose
+    ``σ_t`` (AMP's own estimate of its error) grows past 1.5 times its smallest value, or becomes
+    non-finite, has diverged: it is frozen at the iterate with the smallest ``σ_t`` and counted in
+    ``report.n_diverged``.
+    """
+    op = as_operator(A, dtype=Y.dtype, device=Y.device)
+    n = Y.shape[0]
+    x0 = torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device)
+    state = {
+        "x": x0, "y": Y, "v": torch.zeros_like(Y),
+        "b": torch.zeros((n, 1), dtype=Y.dtype, device=Y.device),
+    }
+
+    def step(sub, t):
+        x_new, v, b, sigma = amp_step(sub["x"], sub["v"], sub["b"], sub["y"], op, denoiser, theta)
+        if damping != 1.0 and t > 0:
+            x_new = damping * x_new + (1.0 - damping) * sub["x"]
+        return {"x": x_new, "v": v, "b": b}, sigma
+
+    yield from run_iterations(step, state, max_iter=max_iter, tol=tol, divergence_factor=1.5,
+                              report=report if report is not None else IterationReport())
+
+
+def amp(Y: Tensor, A, denoiser: DenoiserFn, theta: Tensor, **kwargs) -> tuple[Tensor, int]:
+    """Run :func:`amp_iterates` to the end; return ``(X_hat, n_iter)``."""
+    report = IterationReport()
+    x = None
+    for x in amp_iterates(Y, A, denoiser, theta, report=report, **kwargs):
+        pass
+    return x, report.n_iter

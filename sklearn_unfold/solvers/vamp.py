@@ -1,0 +1,81 @@
+"""Vector AMP (Rangan-Schniter-Fletcher) on row batches, through the SVD of ``A``.
+
+Each iteration is :func:`sklearn_unfold.steps.vamp_step` with the matched noise precision
+``γw = 1/σw²`` and no corrections; see that function for the update equations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from ..denoisers import DenoiserFn
+from ..operators import LinearOperator, as_operator
+from ..steps import vamp_step
+from ._loop import IterationReport, run_iterations
+
+
+def vamp_iterates(
+    Y: Tensor,
+    A: LinearOperator | Tensor,
+    denoiser: DenoiserFn,
+    theta: Tensor,
+    noise_var: float,
+    signal_second_moment: float,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    damping: float = 1.0,
+    svd: tuple[Tensor, Tensor, Tensor] | None = None,
+    report: IterationReport | None = None,
+) -> Iterator[Tensor]:
+    r"""Yield the VAMP denoiser outputs ``x̂1`` after each iteration.
+
+    Starts with the LMMSE stage from ``r2 = 0``, ``γ2 = 1/E[x²]``. With damping ``β < 1`` the
+    message ``r2`` and the precision ``γ2`` are damped:
+    ``r2 ← β r2⁺ + (1−β) r2``, ``γ2 ← (β/√γ2⁺ + (1−β)/√γ2)⁻²``.
+    A row whose estimate becomes non-finite is frozen at its last finite iterate.
+
+    Parameters
+    ----------
+    noise_var : float
+        ``σw²``; the LMMSE stage uses ``γw = 1/σw²``.
+    signal_second_moment : float
+        ``E[x²]``, the initial precision ``γ2 = 1/E[x²]``.
+    svd : (U, s, V), optional
+        Precomputed thin SVD of ``A`` (see :meth:`LinearOperator.svd`).
+    """
+    op = as_operator(A, dtype=Y.dtype, device=Y.device)
+    U, s, V = op.svd() if svd is None else svd
+    n = Y.shape[0]
+    state = {
+        "x": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
+        "Uty": Y @ U,
+        "r2": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
+        "gamma2": torch.full((n, 1), 1.0 / signal_second_moment, dtype=Y.dtype, device=Y.device),
+    }
+    gamma_w = 1.0 / noise_var
+
+    def step(sub, t):
+        x1, r2, gamma2, _ = vamp_step(sub["r2"], sub["gamma2"], sub["Uty"], s, V, gamma_w,
+                                      denoiser, theta)
+        if damping != 1.0 and t > 0:
+            r2 = damping * r2 + (1.0 - damping) * sub["r2"]
+            gamma2 = (damping * gamma2.rsqrt() + (1.0 - damping) * sub["gamma2"].rsqrt()) ** -2
+        return {"x": x1, "r2": r2, "gamma2": gamma2}, None
+
+    yield from run_iterations(step, state, max_iter=max_iter, tol=tol,
+                              report=report if report is not None else IterationReport())
+
+
+def vamp(Y: Tensor, A, denoiser: DenoiserFn, theta: Tensor, noise_var: float,
+         signal_second_moment: float, **kwargs) -> tuple[Tensor, int]:
+    """Run :func:`vamp_iterates` to the end; return ``(X_hat, n_iter)``."""
+    report = IterationReport()
+    x = None
+    for x in vamp_iterates(Y, A, denoiser, theta, noise_var, signal_second_moment,
+                           report=report, **kwargs):
+        pass
+    return x, report.n_iter

@@ -1,0 +1,193 @@
+"""One iteration of each algorithm, as plain torch functions.
+
+This module is the only place where an update rule is written. A classical solver
+(:mod:`sklearn_unfold.solvers`) calls a step with its parameters fixed until convergence; a
+learned layer (:mod:`sklearn_unfold.networks`) calls the same step with its parameters free.
+
+Conventions: batches are rows (``X`` is ``(n, N)``, ``Y`` is ``(n, M)``), per-sample scalars are
+``(n, 1)`` columns, ``op`` is a :class:`~sklearn_unfold.operators.LinearOperator`, and a learned
+matrix ``B`` of shape ``(N, M)`` acts on a residual batch ``V`` as ``V Bᵀ``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .denoisers import DenoiserFn, soft
+from .operators import LinearOperator
+
+_EPS = 1e-10
+
+
+def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0) -> Tensor:
+    r"""Soft threshold ``soft(r; θ)`` with optional support selection.
+
+    With ``support_frac = q > 0``, the ``⌈qN⌉`` entries of largest magnitude in each row bypass
+    the threshold (Chen et al.'s support selection): ``η(r)_i = r_i`` for them,
+    ``sign(r_i) max(|r_i| − θ, 0)`` for the rest.
+    """
+    one = torch.ones((r.shape[0], 1), dtype=r.dtype, device=r.device)
+    value, _ = soft(r, one, theta.reshape(-1)[:1])
+    if support_frac > 0:
+        k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
+        if k > 0:
+            idx = r.abs().topk(k, dim=-1).indices
+            keep = torch.zeros_like(r, dtype=torch.bool).scatter_(-1, idx, True)
+            value = torch.where(keep, r, value)
+    return value
+
+
+def ista_step(
+    x: Tensor,
+    y: Tensor,
+    op: LinearOperator,
+    theta: Tensor,
+    *,
+    B: Tensor | None = None,
+    step: float | Tensor = 1.0,
+    support_frac: float = 0.0,
+) -> Tensor:
+    r"""One (coupled) ISTA step.
+
+    .. math:: x_{t+1} = \mathrm{soft}\big(x_t + γ\,B\,(y - A x_t);\ θ\big)
+
+    * ISTA: ``B = Aᵀ`` (``B=None``), ``γ = 1/L``, ``θ = α/L`` with ``L = ‖A‖₂²``;
+    * LISTA-CP: ``B`` learned (initialised at ``Aᵀ/L``), ``γ = 1``;
+    * ALISTA: ``B`` analytic and fixed, ``γ`` and ``θ`` learned per layer.
+    """
+    resid = y - op.forward(x)
+    back = op.adjoint(resid) if B is None else resid @ B.T
+    return shrink(x + step * back, theta, support_frac)
+
+
+def lista_step(x: Tensor, Wy: Tensor, S: Tensor, theta: Tensor, *, support_frac: float = 0.0
+               ) -> Tensor:
+    r"""One LISTA step (Gregor-LeCun form).
+
+    .. math:: x_{t+1} = \mathrm{soft}(W y + S x_t;\ θ)
+
+    ``Wy`` is the precomputed ``(n, N)`` batch ``y Wᵀ``. With ``W = Aᵀ/L``, ``S = I − AᵀA/L``,
+    ``θ = α/L`` this is exactly :func:`ista_step`.
+    """
+    return shrink(Wy + x @ S.T, theta, support_frac)
+
+
+def fista_momentum(x: Tensor, x_prev: Tensor, s_prev: float) -> tuple[Tensor, float]:
+    r"""FISTA extrapolation.
+
+    .. math:: s_t = \tfrac{1}{2}\left(1 + \sqrt{1 + 4 s_{t-1}^2}\right), \qquad
+              z_t = x_t + \tfrac{s_{t-1} - 1}{s_t}(x_t - x_{t-1})
+
+    Returns ``(z_t, s_t)``; ISTA's step is then taken at ``z_t``.
+    """
+    s = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * s_prev * s_prev))
+    return x + ((s_prev - 1.0) / s) * (x - x_prev), s
+
+
+def amp_step(
+    x: Tensor,
+    v_prev: Tensor,
+    onsager: Tensor,
+    y: Tensor,
+    op: LinearOperator,
+    denoiser: DenoiserFn,
+    theta: Tensor,
+    *,
+    B: Tensor | None = None,
+    onsager_scale: float | Tensor = 1.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""One AMP / LAMP iteration.
+
+    .. math::
+        v_t &= y - A\hat x_t + b_t v_{t-1} \\
+        σ_t &= \|v_t\|/\sqrt{M} \\
+        \hat x_{t+1} &= η(\hat x_t + B v_t;\ σ_t, θ) \\
+        b_{t+1} &= c\,(N/M)\,\langle η'(\hat x_t + B v_t;\ σ_t, θ)\rangle
+
+    AMP is ``B = Aᵀ`` (``B=None``) and ``c = 1``; LAMP learns ``B``, ``θ`` and ``c`` per layer.
+    Start with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0`` (so ``v_0 = y``).
+
+    Returns ``(x̂_{t+1}, v_t, b_{t+1}, σ_t)``.
+    """
+    M, N = op.shape
+    v = y - op.forward(x) + onsager * v_prev
+    sigma = v.norm(dim=-1, keepdim=True) / math.sqrt(M)
+    sigma = sigma.clamp_min(_EPS)
+    back = op.adjoint(v) if B is None else v @ B.T
+    x_new, dmean = denoiser(x + back, sigma, theta)
+    return x_new, v, onsager_scale * (N / M) * dmean, sigma
+
+
+def vamp_lmmse(
+    r2: Tensor,
+    gamma2: Tensor,
+    Uty: Tensor,
+    s: Tensor,
+    V: Tensor,
+    gamma_w: float | Tensor,
+    *,
+    gain_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""VAMP's LMMSE stage through the SVD ``A = U diag(s) Vᵀ``.
+
+    .. math::
+        \hat x_2 &= r_2 + V\,\mathrm{diag}(d)\,(Uᵀy - \mathrm{diag}(s) Vᵀ r_2),
+        \qquad d_i = \frac{γ_w s_i}{γ_w s_i^2 + γ_2} \\
+        α_2 &= 1 - \frac{1}{N}\sum_i d_i s_i
+             = \frac{1}{N}\Big(\sum_{i\le R} \frac{γ_2}{γ_w s_i^2 + γ_2} + N - R\Big)
+
+    ``gain_scale`` (shape ``(R,)``) multiplies ``d`` entrywise (LDVAMP's per-singular-value gains);
+    ``α2`` stays the exact divergence of the map. Returns ``(x̂2, α2)`` with ``α2`` of shape ``(n, 1)``.
+    """
+    N = V.shape[0]
+    d = gamma_w * s / (gamma_w * s * s + gamma2)
+    if gain_scale is not None:
+        d = d * gain_scale
+    x2 = r2 + (d * (Uty - s * (r2 @ V))) @ V.T
+    alpha2 = 1.0 - (d * s).sum(dim=-1, keepdim=True) / N
+    return x2, alpha2
+
+
+def _extrinsic(x: Tensor, alpha: Tensor, r: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Onsager-corrected message: ``η = γ/α``, ``γ_out = η − γ``, ``r_out = (η x − γ r)/γ_out``."""
+    alpha = alpha.clamp(_EPS, 1.0 - 1e-7)
+    gamma_out = gamma * (1.0 - alpha) / alpha
+    r_out = (x - alpha * r) / (1.0 - alpha)
+    return r_out, gamma_out
+
+
+def vamp_step(
+    r2: Tensor,
+    gamma2: Tensor,
+    Uty: Tensor,
+    s: Tensor,
+    V: Tensor,
+    gamma_w: float | Tensor,
+    denoiser: DenoiserFn,
+    theta: Tensor,
+    *,
+    gain_scale: Tensor | None = None,
+    gamma1_scale: float | Tensor = 1.0,
+    gamma2_scale: float | Tensor = 1.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""One VAMP / LDVAMP iteration: the LMMSE stage, then the denoiser stage.
+
+    .. math::
+        &\hat x_2, α_2 = \mathrm{LMMSE}(r_2, γ_2), \quad γ_1 = c_1 γ_2 (1-α_2)/α_2,
+        \quad r_1 = (\hat x_2 - α_2 r_2)/(1-α_2) \\
+        &\hat x_1 = g_1(r_1; 1/\sqrt{γ_1}), \quad α_1 = \langle g_1' \rangle, \quad
+        γ_2^+ = c_2 γ_1 (1-α_1)/α_1, \quad r_2^+ = (\hat x_1 - α_1 r_1)/(1-α_1)
+
+    Classical VAMP has ``c_1 = c_2 = 1`` and the matched ``γ_w = 1/σ_w²``; LDVAMP learns
+    ``γ_w``, the corrections ``c_1, c_2``, the gains and the denoiser per layer.
+    Start from ``r_2 = 0``, ``γ_2 = 1/E[x²]``. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
+    """
+    x2, alpha2 = vamp_lmmse(r2, gamma2, Uty, s, V, gamma_w, gain_scale=gain_scale)
+    r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)
+    gamma1 = (gamma1_scale * gamma1).clamp_min(_EPS)
+    x1, alpha1 = denoiser(r1, gamma1.rsqrt(), theta)
+    r2_new, gamma2_new = _extrinsic(x1, alpha1, r1, gamma1)
+    return x1, r2_new, (gamma2_scale * gamma2_new).clamp_min(_EPS), gamma1
