@@ -53,3 +53,20 @@ def soft_threshold_for_prior(sparsity: float, var: float, noise_var: float, rati
     fine = np.linspace(max(grid[np.argmin(mse)] - 0.1, 0.05), grid[np.argmin(mse)] + 0.1, 41)
     tau2 = soft_state_evolution(fine, sparsity, var, noise_var, ratio)
     return float(fine[np.argmin(tau2)])
+
+
+def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: float) -> float:
+    r"""The LASSO weight ``α`` whose solution AMP-soft with the best threshold converges to.
+
+    AMP-soft with threshold ``λτ`` has the LASSO fixed point with (Donoho-Maleki-Montanari
+    calibration) ``α = λτ (1 − (N/M) P(|X + τZ| > λτ))``, ``τ²`` the state-evolution fixed point.
+    """
+    lam = soft_threshold_for_prior(sparsity, var, noise_var, ratio)
+    tau = float(np.sqrt(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0]))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    weights = weights / weights.sum()
+    z, x = nodes[:, None], np.sqrt(var) * nodes[None, :]
+    p_in = float((weights * (np.abs(tau * nodes) > lam * tau)).sum())
+    p_act = float((weights[:, None] * weights[None, :] * (np.abs(x + tau * z) > lam * tau)).sum())
+    active_rate = (1.0 - sparsity) * p_in + sparsity * p_act
+    return float(lam * tau * max(1.0 - active_rate / ratio, 1e-3))

@@ -120,7 +120,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     def _format_output(self, X_hat: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(X_hat, torch.Tensor):
             X_hat = X_hat.detach().cpu().numpy()
-        X_hat = np.asarray(X_hat, dtype=np.float64)
+        X_hat = np.array(X_hat, dtype=np.float64, copy=True)
         return X_hat.ravel() if self._target_1d else X_hat
 
     def _chunks(self, Y: np.ndarray):

@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..denoisers import bg_theta, get_denoiser
 from ..operators import DenseOperator
 from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
-from ..tuning import soft_threshold_for_prior
+from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase
 
 _DTYPE = torch.float64
@@ -104,8 +104,11 @@ class ISTARegressor(_ClassicalBase):
     ----------
     A : array-like of shape (n_measurements, n_features), default=None
         The sensing matrix. ``None`` estimates it from the training pairs (ridge least squares).
-    alpha : float, default=0.05
+    alpha : "auto" or float, default="auto"
         The ℓ1 weight ``α`` in the objective above (``M`` times scikit-learn's Lasso ``alpha``).
+        ``"auto"`` calibrates it to the fitted prior and noise: the ``α`` whose LASSO solution is
+        the fixed point of AMP-soft with the state-evolution-optimal threshold
+        (:func:`sklearn_unfold.tuning.lasso_alpha_for_prior`).
     max_iter : int, default=5000
         Iteration cap per sample.
     tol : float, default=1e-6
@@ -118,6 +121,8 @@ class ISTARegressor(_ClassicalBase):
     Attributes
     ----------
     A_ : ndarray of shape (n_measurements, n_features)
+    alpha_ : float
+        The ℓ1 weight used.
     lipschitz_ : float
         ``L = ‖A_‖₂²``.
     n_iter_ : int
@@ -133,7 +138,7 @@ class ISTARegressor(_ClassicalBase):
     >>> from sklearn_unfold import ISTARegressor
     >>> from sklearn_unfold.datasets import make_compressed_sensing
     >>> Y, X, A = make_compressed_sensing("giid", n_samples=20, random_state=0)
-    >>> est = ISTARegressor(A=A, alpha=0.05, max_iter=200).fit(Y, X)
+    >>> est = ISTARegressor(A=A, max_iter=200).fit(Y, X)
     >>> est.predict(Y).shape
     (20, 500)
     """
@@ -141,10 +146,10 @@ class ISTARegressor(_ClassicalBase):
     _accelerated = False
     _parameter_constraints: dict = {
         **_ClassicalBase._parameter_constraints,
-        "alpha": [Interval(Real, 0, None, closed="left")],
+        "alpha": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(self, A=None, *, alpha=0.05, max_iter=5000, tol=1e-6, noise_var="auto",
+    def __init__(self, A=None, *, alpha="auto", max_iter=5000, tol=1e-6, noise_var="auto",
                  batch_size=4096):
         self.A = A
         self.alpha = alpha
@@ -155,9 +160,15 @@ class ISTARegressor(_ClassicalBase):
 
     def _fit_solver(self, Y, X) -> None:
         self.lipschitz_ = self._op.spectral_norm_sq()
+        if self.alpha == "auto":
+            M, N = self.A_.shape
+            self.alpha_ = lasso_alpha_for_prior(self.sparsity_, self.signal_var_,
+                                                self.noise_var_, M / N)
+        else:
+            self.alpha_ = float(self.alpha)
 
     def _solver_iterates(self, Y, report):
-        return ista_iterates(Y, self._op, self.alpha, max_iter=self.max_iter, tol=self.tol,
+        return ista_iterates(Y, self._op, self.alpha_, max_iter=self.max_iter, tol=self.tol,
                              accelerated=self._accelerated, lipschitz=self.lipschitz_,
                              report=report)
 
