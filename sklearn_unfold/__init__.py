@@ -5,6 +5,7 @@ Recover signals ``X`` from measurements ``Y = X Aᵀ + W`` with ``est.fit(Y, X)`
 """
 
 from .estimators import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
+from .estimators import LAMPRegressor, LDVAMPRegressor, LISTARegressor
 from .metrics import nmse_db, nmse_scorer
 
 __version__ = "0.1.0"
@@ -16,4 +17,7 @@ __all__ = [
     "VAMPRegressor",
     "nmse_db",
     "nmse_scorer",
+    "LAMPRegressor",
+    "LDVAMPRegressor",
+    "LISTARegressor",
 ]

@@ -16,6 +16,7 @@ dct        ``M`` random rows of the orthonormal DCT-II, × ``√(N/M)``    40 dB
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,3 +187,42 @@ def make_compressed_sensing(
     if return_noise_var:
         return Y, X, A, noise_var
     return Y, X, A
+
+
+def resolve_prior(signal_prior, X: np.ndarray | None = None):
+    """Turn a ``signal_prior`` argument into a fitted prior object, or ``None``.
+
+    Parameters
+    ----------
+    signal_prior : None, "bernoulli_gaussian" or object
+        ``None`` is returned as is. The string gives a :class:`BernoulliGaussianPrior` whose
+        rate and variance are fitted to ``X``. Any other object must have a
+        ``sample(n_samples, random_state)`` method; it is copied (the caller's object is never
+        modified) and, when it has a ``fit`` method and ``X`` is given, fitted to ``X``.
+    X : ndarray of shape (n_samples, n_features), optional
+        Training signals.
+
+    Returns
+    -------
+    prior : object or None
+    """
+    if signal_prior is None:
+        return None
+    if isinstance(signal_prior, str):
+        if signal_prior != "bernoulli_gaussian":
+            raise ValueError(
+                f"signal_prior must be None, 'bernoulli_gaussian' or an object with a "
+                f"sample(n_samples, random_state) method; got {signal_prior!r}."
+            )
+        prior = BernoulliGaussianPrior()
+        return prior.fit(X) if X is not None else prior
+    if not callable(getattr(signal_prior, "sample", None)):
+        raise TypeError(
+            "signal_prior must have a sample(n_samples, random_state) method; got an object "
+            f"of type {type(signal_prior).__name__}."
+        )
+    prior = copy.deepcopy(signal_prior)
+    if X is not None and callable(getattr(prior, "fit", None)):
+        fitted = prior.fit(X)
+        prior = fitted if fitted is not None else prior
+    return prior

@@ -75,7 +75,7 @@ def partial_dct_matrix(n_measurements: int, n_features: int, *, random_state=Non
 def bernoulli_matrix(n_measurements: int, n_features: int, *, random_state=None) -> np.ndarray:
     """Random ``±1/√M`` (Rademacher) sensing matrix."""
     rng = check_random_state(random_state)
-    signs = rng.integers(0, 2, size=(n_measurements, n_features)) * 2.0 - 1.0
+    signs = rng.randint(0, 2, size=(n_measurements, n_features)) * 2.0 - 1.0
     return signs / np.sqrt(n_measurements)
 
 

@@ -1,5 +1,7 @@
 """scikit-learn estimators."""
 
 from .classical import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
+from .learned import LAMPRegressor, LDVAMPRegressor, LISTARegressor
 
-__all__ = ["AMPRegressor", "FISTARegressor", "ISTARegressor", "VAMPRegressor"]
+__all__ = ["AMPRegressor", "FISTARegressor", "ISTARegressor", "VAMPRegressor",
+           "LAMPRegressor", "LDVAMPRegressor", "LISTARegressor"]

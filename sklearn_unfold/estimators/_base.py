@@ -18,6 +18,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -38,8 +39,14 @@ def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int |
     if isinstance(A, torch.Tensor):
         A = A.detach().cpu().numpy()
     if np.iscomplexobj(A):
-        raise ValueError("A is complex; complex-valued operators are not supported yet.")
-    A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1)
+        raise ValueError(f"A is complex ({np.asarray(A).dtype}): Complex data not supported; "
+                         "complex-valued operators are not supported yet.")
+    if not sp.issparse(A) and np.ndim(A) != 2:
+        raise ValueError(f"A must be a 2-D array of shape (n_measurements, n_features); got "
+                         f"{np.ndim(A)}-D input of shape {np.shape(A)}.")
+    A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1,
+                    ensure_all_finite=False)
+    _check_finite("A", A)
     if n_measurements is not None and A.shape[0] != n_measurements:
         raise ValueError(
             f"Y has {n_measurements} columns (measurements) but A has shape {A.shape}: "
@@ -90,10 +97,16 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     # ---------------------------------------------------------------- fit helpers
     def _validate_fit_data(self, Y, X) -> tuple[np.ndarray, np.ndarray]:
         """Validate ``fit(Y, X)`` and set ``A_``, the prior and ``noise_var_``."""
-        _reject_complex(Y=Y, X=X)
+        _check_input_form(self, Y=Y, X=X)
+        X = check_array(X, dtype=np.float64, ensure_2d=False, ensure_all_finite=False,
+                        input_name="X")
+        _check_finite("X", X)
         Y, X = validate_data(
             self, Y, X, multi_output=True, y_numeric=True, dtype=np.float64,
+            ensure_all_finite=False,
         )
+        _check_finite("Y", Y)
+        X = X.astype(np.float64, copy=False)
         self._target_1d = X.ndim == 1
         X2 = X.reshape(-1, 1) if X.ndim == 1 else X
         if self.A is None:
@@ -114,8 +127,10 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     # ---------------------------------------------------------------- predict helpers
     def _validate_predict_data(self, Y) -> np.ndarray:
         check_is_fitted(self)
-        _reject_complex(Y=Y)
-        return validate_data(self, Y, reset=False, dtype=np.float64)
+        _check_input_form(self, Y=Y)
+        Y = validate_data(self, Y, reset=False, dtype=np.float64, ensure_all_finite=False)
+        _check_finite("Y", Y)
+        return Y
 
     def _format_output(self, X_hat: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(X_hat, torch.Tensor):
@@ -128,19 +143,20 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         for start in range(0, Y.shape[0], step):
             yield Y[start:start + step]
 
-    def predict(self, Y) -> np.ndarray:
-        """Recover the signals from measurements ``Y``.
+    def predict(self, X) -> np.ndarray:
+        """Recover the signals from measurements.
 
         Parameters
         ----------
-        Y : array-like of shape (n_samples, n_measurements)
+        X : array-like of shape (n_samples, n_measurements)
+            Measurements ``Y`` (scikit-learn's ``X``).
 
         Returns
         -------
         X_hat : ndarray of shape (n_samples, n_features), float64
             (``(n_samples,)`` when the training targets were 1-D).
         """
-        Y = self._validate_predict_data(Y)
+        Y = self._validate_predict_data(X)
         outs, n_iter = [], 0
         for chunk in self._chunks(Y):
             last, steps = None, 0
@@ -151,7 +167,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         self._set_n_iter(n_iter)
         return np.concatenate(outs, axis=0)
 
-    def staged_predict(self, Y):
+    def staged_predict(self, X):
         """Yield the estimate after each iteration (classical) or layer (learned).
 
         The last value yielded equals :meth:`predict` ``(Y)``. Plots of NMSE against
@@ -159,13 +175,14 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        Y : array-like of shape (n_samples, n_measurements)
+        X : array-like of shape (n_samples, n_measurements)
+            Measurements ``Y`` (scikit-learn's ``X``).
 
         Yields
         ------
         X_hat : ndarray of shape (n_samples, n_features)
         """
-        Y = self._validate_predict_data(Y)
+        Y = self._validate_predict_data(X)
         for x in self._iterate(Y):
             yield self._format_output(x)
 
@@ -177,6 +194,77 @@ def _reject_complex(**arrays) -> None:
     for name, arr in arrays.items():
         if np.iscomplexobj(arr) and not hasattr(arr, "dtypes"):
             raise ValueError(
-                f"{name} is complex ({np.asarray(arr).dtype}); complex-valued signals and "
-                "measurements are not supported yet."
+                f"{name} is complex ({np.asarray(arr).dtype}): Complex data not supported; "
+                "complex-valued signals and measurements are not supported yet."
             )
+
+
+def _check_input_form(est, Y, X=None) -> None:
+    """Reject sparse, complex, wrongly shaped or empty ``Y`` / ``X`` with messages naming them.
+
+    scikit-learn's own validation calls the measurements "X" and the signals "y"; these checks
+    run first so that the messages use this package's names. Where a scikit-learn estimator
+    check matches a phrase ("Reshape your data", "0 feature(s) (shape=...) while a minimum of",
+    "X has k features, but ... is expecting m features as input"), the message keeps it.
+    """
+    arrays = {"Y": Y} if X is None else {"Y": Y, "X": X}
+    for name, arr in arrays.items():
+        if sp.issparse(arr):
+            raise TypeError(
+                f"{name} is a scipy sparse {arr.format} matrix of shape {arr.shape}: sparse input "
+                f"is not supported; pass a dense array ({name}.toarray())."
+            )
+    _reject_complex(**arrays)
+    cls = type(est).__name__
+    shape_y = np.shape(Y)
+    if len(shape_y) != 2:
+        raise ValueError(
+            f"Y must be 2-D, of shape (n_samples, n_measurements); got {len(shape_y)}-D input of "
+            f"shape {shape_y}. Reshape your data: Y.reshape(1, -1) for a single sample."
+        )
+    if shape_y[0] == 0:
+        raise ValueError(
+            f"Y has 0 sample(s) (shape={shape_y}) while a minimum of 1 is required by {cls}."
+        )
+    if shape_y[1] == 0:
+        raise ValueError(
+            f"Y has 0 feature(s) (shape={shape_y}) while a minimum of 1 is required."
+        )
+    if X is not None:
+        shape_x = np.shape(X)
+        if len(shape_x) not in (1, 2):
+            raise ValueError(
+                f"X must be 2-D, of shape (n_samples, n_features), or 1-D; got "
+                f"{len(shape_x)}-D input of shape {shape_x}."
+            )
+        if shape_x[0] != shape_y[0]:
+            raise ValueError(
+                f"Y has {shape_y[0]} samples (shape {shape_y}) but X has {shape_x[0]} "
+                f"(shape {shape_x}); fit needs one signal row of X per measurement row of Y."
+            )
+    elif hasattr(est, "n_features_in_") and shape_y[1] != est.n_features_in_:
+        raise ValueError(
+            f"Y has shape {shape_y}: {shape_y[1]} measurement columns, but {cls} was fitted with "
+            f"{est.n_features_in_} (in scikit-learn's naming: X has {shape_y[1]} features, but "
+            f"{cls} is expecting {est.n_features_in_} features as input)."
+        )
+
+
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    """Raise a ``ValueError`` naming ``name`` and counting its NaN / inf entries.
+
+    The common, all-finite case costs one reduction (no temporary of the input's size).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = arr.sum()
+    if np.isfinite(total):
+        return
+    bad = ~np.isfinite(arr)
+    if not bad.any():  # the sum overflowed, the entries are finite
+        return
+    n_nan = int(np.isnan(arr).sum())
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{name} contains NaN or inf: {n_nan} NaN and {int(bad.sum()) - n_nan} inf value(s) "
+        f"in an array of shape {arr.shape} (first at index {first})."
+    )

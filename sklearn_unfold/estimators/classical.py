@@ -33,21 +33,24 @@ class _ClassicalBase(RecoveryEstimatorBase):
     }
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, Y, X):
-        """Validate the pairs and fit what is ``"auto"``.
+    def fit(self, X, y):
+        """Validate the training pairs and fit what is ``"auto"``.
+
+        The signature is scikit-learn's ``fit(X, y)``, used positionally as ``fit(Y, X)``:
+        the measurements are the inputs and the signals the targets.
 
         Parameters
         ----------
-        Y : array-like of shape (n_samples, n_measurements)
-            Measurements.
-        X : array-like of shape (n_samples, n_features) or (n_samples,)
-            The signals behind them.
+        X : array-like of shape (n_samples, n_measurements)
+            Measurements ``Y``.
+        y : array-like of shape (n_samples, n_features) or (n_samples,)
+            The signals ``X`` behind them.
 
         Returns
         -------
         self : object
         """
-        Y, X = self._validate_fit_data(Y, X)
+        Y, X = self._validate_fit_data(X, y)
         self._op = DenseOperator(torch.as_tensor(self.A_, dtype=_DTYPE))
         self._predict_stats = {"n_iter": None}
         self._fit_solver(Y, X)

@@ -1,0 +1,175 @@
+"""Benchmark of the learned estimators on the reference problems (ALGORITHMS.md).
+
+Each configuration trains one estimator with its DEFAULT training settings (only ``A``,
+``n_layers`` and, where the target needs it, ``tied``, ``denoiser`` or ``signal_prior`` set) on
+20,000 training pairs of the reference problem (N = 500, M = 250, Bernoulli-Gaussian p = 0.1,
+40 dB), then prints, on a fresh test set of 1,000 pairs on the same ``A``:
+
+* the NMSE (dB) after every layer, beside the reference numbers of ALGORITHMS.md, and the
+  analytic initialisation (the classical solver it unrolls) at the same depth;
+* the training wall time;
+* the predict throughput against scikit-learn's ``OrthogonalMatchingPursuit`` (best
+  ``n_nonzero_coefs``) and ``Lasso`` (best ``alpha``), both tuned on 200 held-out pairs and timed
+  in the same run on the same test samples.
+
+Usage::
+
+    python benchmarks/learned.py                         # every configuration
+    python benchmarks/learned.py --configs lamp10 lamp6-prior --device cpu --threads 2
+    python benchmarks/learned.py --list
+
+The training budget is each estimator's default (``max_epochs=5`` passes per training stage over
+the 18,000 training pairs, early stopping on the 2,000 held out; see the estimators' docstrings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from itertools import islice
+
+import numpy as np
+import torch
+from sklearn.linear_model import Lasso, OrthogonalMatchingPursuit
+
+from sklearn_unfold import LAMPRegressor, LDVAMPRegressor, LISTARegressor, nmse_db
+from sklearn_unfold.datasets import make_compressed_sensing
+
+#: Reference NMSE (dB) per depth (ALGORITHMS.md), keyed by configuration name.
+REFERENCES: dict[str, dict[int, float]] = {
+    "LAMP-bg tied (Borgerding rerun)": dict(enumerate(
+        [-6.58, -12.15, -17.51, -23.02, -28.88, -34.37], start=1)),
+    "LISTA tied (Borgerding rerun)": dict(enumerate(
+        [-6.41, -11.51, -14.65, -17.42, -20.13, -22.27], start=1)),
+    "matched VAMP-bg": {6: -39.18, 8: -44.92, 10: -45.48, 15: -45.51},
+    "LVAMP-bg": {6: -39.37},
+}
+
+#: name: (estimator class, problem, constructor keywords, target (depth, dB), references)
+CONFIGS: dict[str, tuple] = {
+    "lamp10": (LAMPRegressor, "giid", {"n_layers": 10}, (10, -44.0),
+               ["LAMP-bg tied (Borgerding rerun)"]),
+    "lamp6": (LAMPRegressor, "giid", {"n_layers": 6}, None, ["LAMP-bg tied (Borgerding rerun)"]),
+    "lamp6-prior": (LAMPRegressor, "giid", {"n_layers": 6, "signal_prior": "bernoulli_gaussian"},
+                    (6, -36.0), ["LAMP-bg tied (Borgerding rerun)"]),
+    "lista16-prior": (LISTARegressor, "giid",
+                      {"n_layers": 16, "signal_prior": "bernoulli_gaussian"}, (16, -38.0),
+                      ["LISTA tied (Borgerding rerun)"]),
+    "ldvamp6": (LDVAMPRegressor, "giid", {"n_layers": 6}, (6, -40.0),
+                ["matched VAMP-bg", "LVAMP-bg"]),
+    "ldvamp10-kappa15": (LDVAMPRegressor, "kappa15", {"n_layers": 10}, (10, -44.0), []),
+}
+
+
+def tuned_peers(Y, X, A, Yt, n_tune=200):
+    """OMP (best k) and Lasso (best alpha) tuned on ``n_tune`` pairs; returns name -> (est, k)."""
+    Yv, Xv = Y[-n_tune:], X[-n_tune:]
+    best = {}
+    for k in (20, 30, 40, 50, 60, 70, 80):
+        omp = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=False)
+        err = nmse_db(Xv, omp.fit(A, Yv.T).coef_)
+        if err < best.get("OMP", (None, np.inf))[1]:
+            best["OMP"] = (omp, err)
+    for alpha in (3e-5, 1e-4, 3e-4, 1e-3, 3e-3):
+        lasso = Lasso(alpha=alpha, fit_intercept=False, max_iter=5000, tol=1e-6)
+        err = nmse_db(Xv, lasso.fit(A, Yv.T).coef_)
+        if err < best.get("Lasso", (None, np.inf))[1]:
+            best["Lasso"] = (lasso, err)
+    return {name: est for name, (est, _) in best.items()}
+
+
+def timed(fn, *args, repeat=3):
+    """Best wall time of ``repeat`` calls, and the last result."""
+    best, out = np.inf, None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def run_config(name, n_train, n_test, device, seed, peers_cache, overrides=None):
+    cls, problem, kwargs, target, refs = CONFIGS[name]
+    kwargs = {**kwargs, **(overrides or {})}
+    Y, X, A = make_compressed_sensing(problem, n_train, random_state=seed)
+    Yt, Xt, _ = make_compressed_sensing(problem, n_test, A=A, random_state=seed + 1)
+    est = cls(A=A, device=device, random_state=seed, **kwargs)
+    t0 = time.perf_counter()
+    est.fit(Y, X)
+    train_s = time.perf_counter() - t0
+    staged = [nmse_db(Xt, Xh) for Xh in est.staged_predict(Yt)]
+    init = [nmse_db(Xt, Xh) for Xh in islice(est.init_estimator_.staged_predict(Yt),
+                                              est.n_layers_)]
+    print(f"\n== {name}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+          f"on {problem}, {n_train} training pairs, device={device}")
+    print(f"training wall time: {train_s:.1f} s "
+          f"({sum(h['steps'] for h in est.history_)} optimiser steps, "
+          f"{len(est.history_)} stages)")
+    header = f"{'layer':>5} {'learned':>9} {'init':>9}" + "".join(f" {r[:24]:>25}" for r in refs)
+    print(header)
+    for t, (dl, di) in enumerate(zip(staged, init, strict=False), start=1):
+        ref_cols = "".join(
+            f" {REFERENCES[r][t]:>25.2f}" if t in REFERENCES[r] else f" {'':>25}" for r in refs)
+        print(f"{t:>5} {dl:>9.2f} {di:>9.2f}{ref_cols}")
+    if target is not None:
+        depth, goal = target
+        verdict = "met" if staged[depth - 1] <= goal else "NOT met"
+        print(f"target <= {goal} dB at {depth} layers: {staged[depth - 1]:.2f} dB ({verdict})")
+    pred_s, _ = timed(est.predict, Yt)
+    per_sample = pred_s / n_test
+    print(f"predict: {1e6 * per_sample:.1f} us/sample")
+    if peers_cache is None:
+        return est
+    if problem not in peers_cache:
+        peers_cache[problem] = tuned_peers(Y, X, A, Yt)
+    for peer_name, peer in peers_cache[problem].items():
+        peer_s, coef = timed(lambda Yq, p=peer: p.fit(A, Yq.T).coef_, Yt, repeat=1)
+        print(f"  vs {peer_name:<5}: {nmse_db(Xt, coef):7.2f} dB, {1e3 * peer_s / n_test:.2f} "
+              f"ms/sample -> learned is {peer_s / pred_s:.0f}x faster, "
+              f"{nmse_db(Xt, coef) - staged[-1]:+.1f} dB better")
+    return est
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS),
+                        help=f"which configurations (default: all of {list(CONFIGS)})")
+    parser.add_argument("--networks", nargs="*", choices=["lista", "lamp", "ldvamp"],
+                        help="only the configurations of these networks")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE",
+                        help="override estimator parameters, e.g. --set training=layerwise")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the OMP / Lasso throughput comparison")
+    parser.add_argument("--list", action="store_true", help="list the configurations")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (cls, problem, kwargs, target, _) in CONFIGS.items():
+            print(f"{name:<18} {cls.__name__}{kwargs} on {problem}, target {target}")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = args.configs
+    if args.networks:
+        configs = [c for c in configs if any(c.startswith(n) for n in args.networks)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"CUDA available: {torch.cuda.is_available()}")
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = eval(value, {})  # noqa: S307 - command-line literals
+        except (NameError, SyntaxError):
+            overrides[key] = value
+    peers: dict = {}
+    for name in configs:
+        run_config(name, args.n_train, args.n_test, args.device, args.seed,
+                   None if args.no_peers else peers, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""LISTA, LAMP and LDVAMP as scikit-learn regressors from measurements to signals.
+
+Each estimator is thin: ``fit`` validates, fits the classical solver it unrolls (kept as
+``init_estimator_``), builds the network from it (:mod:`sklearn_unfold.networks`), hands it to the
+training engine (:mod:`sklearn_unfold.training`) and stores the result; ``predict`` runs the
+network on chunks of ``batch_size`` measurements under ``torch.no_grad`` and returns float64.
+The shared machinery is in :mod:`sklearn_unfold.estimators._learned_base`.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..denoisers import default_theta
+from ..networks.lamp import LAMP_DENOISERS, LAMPNetwork
+from ..networks.ldvamp import LDVAMPNetwork
+from ..networks.lista import VARIANTS, LISTANetwork
+from ._learned_base import LearnedEstimatorBase, fill_doc
+from .classical import AMPRegressor, ISTARegressor, VAMPRegressor
+
+__all__ = ["LAMPRegressor", "LDVAMPRegressor", "LISTARegressor"]
+
+
+class LISTARegressor(LearnedEstimatorBase):
+    r"""Learned ISTA: ISTA unrolled into layers whose matrices and thresholds are trained.
+
+    By default the coupled form with support selection (LISTA-CP-SS, Chen et al.), the variant
+    that goes past the LASSO floor:
+
+    .. math:: x_{t+1} = η_{p_t}\big(x_t + B_t(y - A x_t);\ θ_t\big), \qquad
+              B_t \leftarrow Aᵀ/L,\ θ_t \leftarrow α/L
+
+    where ``η_p`` soft-thresholds all but the ``p_t = min(1.2 (t+1), 13) %`` largest entries.
+    ``variant="lista"`` is Gregor-LeCun's ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)`` and
+    ``"alista"`` learns only a step and a threshold per layer (analytic ``W``). The network
+    starts from ``init_estimator_``, an :class:`~sklearn_unfold.ISTARegressor`.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_measurements, n_features), default=None
+        The sensing matrix; ``None`` estimates it from the training pairs.
+    variant : {"cp", "lista", "alista"}, default="cp"
+        The layer form (see above).
+    support_selection : bool, default=True
+        Let the largest ``p_t`` entries of each layer bypass the threshold.
+    alpha : "auto" or float, default="auto"
+        ISTA's ℓ1 weight that sets the initial thresholds (see ISTARegressor).%COMMON%
+
+    Attributes
+    ----------
+    thresholds_ : ndarray of shape (n_layers,)
+        The learned thresholds ``θ_t``.
+    steps_ : ndarray of shape (n_layers,)
+        The learned steps ``γ_t`` (``"alista"``; 1 otherwise).%ATTRS%
+
+    Examples
+    --------
+    >>> from sklearn_unfold import LISTARegressor
+    >>> from sklearn_unfold.datasets import make_compressed_sensing
+    >>> Y, X, A = make_compressed_sensing("giid", 400, n_features=64, n_measurements=32,
+    ...                                   random_state=0)
+    >>> est = LISTARegressor(A=A, n_layers=4, max_epochs=1, random_state=0).fit(Y, X)
+    >>> est.predict(Y).shape
+    (400, 64)
+    """
+
+    #: Layer-wise growth: each new layer alone, then all layers so far at 0.5x the rate.
+    _growth_factors = (0.5,)
+
+    _parameter_constraints: dict = {
+        **LearnedEstimatorBase._parameter_constraints,
+        "variant": [StrOptions(set(VARIANTS))],
+        "support_selection": ["boolean"],
+        "alpha": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, A=None, *, n_layers=16, tied=False, variant="cp", support_selection=True,
+                 alpha="auto", init="analytic", training="layerwise", curriculum=True,
+                 max_epochs=4, batch_size=500, learning_rate=1e-3, validation_fraction=0.1,
+                 n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
+                 device="auto", dtype="float32", random_state=None, verbose=0,
+                 warm_start=False):
+        self.A = A
+        self.n_layers = n_layers
+        self.tied = tied
+        self.variant = variant
+        self.support_selection = support_selection
+        self.alpha = alpha
+        self.init = init
+        self.training = training
+        self.curriculum = curriculum
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.signal_prior = signal_prior
+        self.noise_var = noise_var
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def _make_init_estimator(self):
+        return ISTARegressor(A=self.A_, alpha=self.alpha, noise_var=self.noise_var_,
+                             batch_size=self.batch_size)
+
+    def _build_module(self, device, dtype):
+        return LISTANetwork.from_ista(self.A_, self.init_estimator_.alpha_, self.n_layers,
+                                      tied=self.tied, variant=self.variant,
+                                      support_selection=self.support_selection, dtype=dtype,
+                                      device=device)
+
+    def _architecture_extra(self) -> dict:
+        return {"variant": self.variant, "support_selection": self.support_selection}
+
+    def _set_coefficients(self, summary: dict) -> None:
+        super()._set_coefficients(summary)
+        self.thresholds_ = summary["threshold"]
+        self.steps_ = summary["step"]
+
+
+class LAMPRegressor(LearnedEstimatorBase):
+    r"""Learned AMP (Borgerding-Schniter-Rangan): AMP unrolled with learned matrices.
+
+    .. math::
+        v_t = y - A\hat x_t + b_t v_{t-1}, \quad σ_t = \|v_t\|/\sqrt M, \quad
+        \hat x_{t+1} = η(\hat x_t + B_t v_t;\ σ_t, θ_t), \quad
+        b_{t+1} = c_t\,(N/M)\,\langle η'_t\rangle
+
+    ``B_t`` starts at ``Aᵀ``, ``θ_t`` at the fitted AMP's denoiser parameters (``init_estimator_``,
+    an :class:`~sklearn_unfold.AMPRegressor`) and the Onsager scale ``c_t`` at 1. The defaults
+    (end-to-end training with the loss curriculum, Adam at 3e-3) reach about −44.5 dB at 10
+    layers on the giid reference problem from 20,000 pairs in well under two minutes on 2 CPU
+    cores; layer-wise training costs about twice as much there for no gain, since the analytic
+    AMP start is already a coherent multi-layer solution.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_measurements, n_features), default=None
+        The sensing matrix; ``None`` estimates it from the training pairs.
+    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
+        The per-layer shrinkage: ``"bg"`` and ``"soft"`` start from the matched AMP;
+        ``"pwlin"``, ``"expo"`` and ``"spline"`` from their default parameters; ``"mlp"`` is the
+        BG shrinkage plus a small per-entry MLP residual that starts at zero.%COMMON%
+
+    Attributes
+    ----------
+    onsager_scale_ : ndarray of shape (n_layers,)
+        The learned Onsager scales ``c_t``.
+    theta_ : ndarray of shape (n_layers, n_theta)
+        The learned shrinkage parameters ``θ_t`` (for ``"mlp"``, those of the BG part).
+    thresholds_ : ndarray of shape (n_layers,)
+        ``"soft"`` only: the threshold multipliers ``λ_t``.%ATTRS%
+
+    Examples
+    --------
+    >>> from sklearn_unfold import LAMPRegressor
+    >>> from sklearn_unfold.datasets import make_compressed_sensing
+    >>> Y, X, A = make_compressed_sensing("giid", 400, n_features=64, n_measurements=32,
+    ...                                   random_state=0)
+    >>> est = LAMPRegressor(A=A, n_layers=4, max_epochs=1, random_state=0).fit(Y, X)
+    >>> len(list(est.staged_predict(Y)))
+    4
+    """
+
+    _parameter_constraints: dict = {
+        **LearnedEstimatorBase._parameter_constraints,
+        "denoiser": [StrOptions(set(LAMP_DENOISERS))],
+    }
+
+    def __init__(self, A=None, *, n_layers=10, tied=False, denoiser="bg", init="analytic",
+                 training="end_to_end", curriculum=True, max_epochs=5, batch_size=500,
+                 learning_rate=3e-3, validation_fraction=0.1, n_iter_no_change=3, tol=0.01,
+                 signal_prior=None, noise_var="auto", device="auto", dtype="float32",
+                 random_state=None, verbose=0, warm_start=False):
+        self.A = A
+        self.n_layers = n_layers
+        self.tied = tied
+        self.denoiser = denoiser
+        self.init = init
+        self.training = training
+        self.curriculum = curriculum
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.signal_prior = signal_prior
+        self.noise_var = noise_var
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def _make_init_estimator(self):
+        return AMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
+                            noise_var=self.noise_var_, batch_size=self.batch_size)
+
+    def _build_module(self, device, dtype):
+        theta = _analytic_theta(self.denoiser, self.init_estimator_)
+        return LAMPNetwork.from_amp(self.A_, self.denoiser, theta, self.n_layers, tied=self.tied,
+                                    dtype=dtype, device=device)
+
+    def _architecture_extra(self) -> dict:
+        return {"denoiser": self.denoiser}
+
+    def _set_coefficients(self, summary: dict) -> None:
+        super()._set_coefficients(summary)
+        self.onsager_scale_ = summary["onsager_scale"]
+        self.theta_ = summary["theta"]
+        if self.denoiser == "soft":
+            self.thresholds_ = summary["threshold"]
+
+
+class LDVAMPRegressor(LearnedEstimatorBase):
+    r"""Learned denoising VAMP: VAMP unrolled with a learned LMMSE stage, corrections and denoiser.
+
+    Each layer is one VAMP iteration (:func:`~sklearn_unfold.steps.vamp_step`) with a learned
+    noise precision ``γ_{w,t}`` (Borgerding's LVAMP), learned corrections ``c_{1,t}, c_{2,t}`` of
+    the precision updates, optional per-singular-value gains and a learned shrinkage ``θ_t``;
+    it starts from the fitted VAMP (``init_estimator_``, a :class:`~sklearn_unfold.VAMPRegressor`)
+    and keeps VAMP's robustness to ill-conditioned ``A``.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_measurements, n_features), default=None
+        The sensing matrix; ``None`` estimates it from the training pairs.
+    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
+        As in :class:`LAMPRegressor`.
+    gains : bool, default=False
+        Also learn per-singular-value gains of the LMMSE stage.%COMMON%
+
+    Attributes
+    ----------
+    noise_precision_ : ndarray of shape (n_layers,)
+        The learned ``γ_{w,t}``.
+    gamma1_scale_, gamma2_scale_ : ndarray of shape (n_layers,)
+        The learned precision corrections ``c_{1,t}``, ``c_{2,t}``.
+    theta_ : ndarray of shape (n_layers, n_theta)
+        The learned shrinkage parameters.%ATTRS%
+    """
+
+    _parameter_constraints: dict = {
+        **LearnedEstimatorBase._parameter_constraints,
+        "denoiser": [StrOptions(set(LAMP_DENOISERS))],
+        "gains": ["boolean"],
+    }
+
+    def __init__(self, A=None, *, n_layers=10, tied=False, denoiser="bg", gains=False,
+                 init="analytic", training="end_to_end", curriculum=True, max_epochs=5,
+                 batch_size=500, learning_rate=3e-3, validation_fraction=0.1,
+                 n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
+                 device="auto", dtype="float32", random_state=None, verbose=0,
+                 warm_start=False):
+        self.A = A
+        self.n_layers = n_layers
+        self.tied = tied
+        self.denoiser = denoiser
+        self.gains = gains
+        self.init = init
+        self.training = training
+        self.curriculum = curriculum
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.signal_prior = signal_prior
+        self.noise_var = noise_var
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def _make_init_estimator(self):
+        return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
+                             noise_var=self.noise_var_, batch_size=self.batch_size)
+
+    def _build_module(self, device, dtype):
+        theta = _analytic_theta(self.denoiser, self.init_estimator_)
+        second_moment = max(self.sparsity_ * self.signal_var_, 1e-12)
+        return LDVAMPNetwork.from_vamp(self.A_, self.denoiser, theta, self.noise_var_,
+                                       second_moment, self.n_layers, tied=self.tied,
+                                       gains=self.gains, dtype=dtype, device=device)
+
+    def _architecture_extra(self) -> dict:
+        return {"denoiser": self.denoiser, "gains": self.gains}
+
+    def _set_coefficients(self, summary: dict) -> None:
+        super()._set_coefficients(summary)
+        self.noise_precision_ = summary["noise_precision"]
+        self.gamma1_scale_ = summary["gamma1_scale"]
+        self.gamma2_scale_ = summary["gamma2_scale"]
+        self.theta_ = summary["theta"]
+
+
+def _analytic_theta(denoiser: str, classical) -> np.ndarray:
+    """Initial shrinkage parameters: the classical solver's for "bg", "soft" and "mlp" (its BG
+    part), the denoiser's defaults for the shrinkages without a classical counterpart."""
+    if denoiser in ("bg", "soft", "mlp"):
+        return classical.theta_.detach().cpu().numpy().copy()
+    return default_theta(denoiser)
+
+
+fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3)
+fill_doc(LAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3)
+fill_doc(LDVAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3)

@@ -1,0 +1,244 @@
+"""Learned ISTA: ISTA unrolled into layers with its matrices, steps and thresholds set free.
+
+Three variants, each a layer that calls one step function of :mod:`sklearn_unfold.steps`:
+
+* ``"lista"`` (Gregor-LeCun): ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)``
+  (:func:`~sklearn_unfold.steps.lista_step`);
+* ``"cp"`` (LISTA-CP, coupled): ``x_{t+1} = soft(x_t + B_t (y − A x_t); θ_t)``
+  (:func:`~sklearn_unfold.steps.ista_step` with ``B=B_t``);
+* ``"alista"`` (Liu et al.): ``x_{t+1} = soft(x_t + γ_t Wᵀ(y − A x_t); θ_t)`` with the analytic,
+  fixed ``W`` of :func:`analytic_weight`; only ``γ_t`` and ``θ_t`` are learned.
+
+Each may add Chen et al.'s support selection: in layer ``t`` the ``p_t = min(1.2 (t+1), 13) %``
+entries of largest magnitude bypass the threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..operators import DenseOperator
+from ..steps import ista_step, lista_step
+from ._base import UnrolledNetwork
+
+VARIANTS = ("lista", "cp", "alista")
+
+
+def support_fraction(t: int) -> float:
+    """Chen et al.'s support-selection fraction of layer ``t`` (0-based).
+
+    ``p_t = min(1.2 (t+1), 13) / 100``: 1.2 % in the first layer, growing to 13 %.
+    """
+    return min(1.2 * (t + 1), 13.0) / 100.0
+
+
+def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
+    r"""ALISTA's analytic weight: the ``W`` of least coherence with ``A`` (Frobenius form).
+
+    .. math:: W = \arg\min_W \big\|\mathrm{offdiag}(Wᵀ A)\big\|_F^2
+              \quad\text{s.t.}\quad w_iᵀ a_i = 1\ \ \forall i
+
+    The problem separates over the columns; each is ``min wᵀ(AAᵀ)w`` subject to ``a_iᵀ w = 1``, so
+    ``w_i = G⁻¹ a_i / (a_iᵀ G⁻¹ a_i)`` with ``G = AAᵀ`` (plus ``ridge·tr(G)/M`` on its diagonal
+    when ``A`` is rank-deficient). For an i.i.d. Gaussian ``A`` this is close to ``A`` itself.
+
+    Parameters
+    ----------
+    A : tensor of shape (M, N)
+    ridge : float
+        Relative Tikhonov term on ``G``.
+
+    Returns
+    -------
+    W : tensor of shape (M, N), same dtype as ``A``; ``diag(WᵀA) = 1``.
+    """
+    A64 = A.to(torch.float64)
+    G = A64 @ A64.T
+    G = G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
+                                                            device=G.device)
+    GA = torch.linalg.solve(G, A64)
+    W = GA / (A64 * GA).sum(dim=0, keepdim=True)
+    return W.to(A.dtype)
+
+
+def _param(value, dtype, device) -> nn.Parameter:
+    return nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device).clone())
+
+
+class LISTANetwork(UnrolledNetwork):
+    r"""Learned ISTA (LISTA, LISTA-CP or ALISTA), optionally with support selection.
+
+    Layer ``t = 0, …, T−1`` maps ``x_t`` to ``x_{t+1}`` (``x_0 = 0``):
+
+    * ``"lista"``: ``x_{t+1} = η(W_t y + S_t x_t; θ_t)``, initialised at ``W = Aᵀ/L``,
+      ``S = I − AᵀA/L``, ``θ = α/L`` (``L = ‖A‖₂²``). Layer 0 has no ``S`` (``x_0 = 0``).
+    * ``"cp"``: ``x_{t+1} = η(x_t + B_t(y − A x_t); θ_t)``, initialised at ``B = Aᵀ/L``,
+      ``θ = α/L``.
+    * ``"alista"``: ``x_{t+1} = η(x_t + γ_t Wᵀ(y − A x_t); θ_t)`` with ``W`` from
+      :func:`analytic_weight` (a buffer, not trained), initialised at ``γ = 1/‖WᵀA‖₂``, ``θ = αγ``.
+
+    ``η`` is the soft threshold, or with ``support_selection`` the soft threshold whose largest
+    ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded. With these initial values and
+    without support selection, ``"lista"`` and ``"cp"`` reproduce the ISTA iterates exactly.
+
+    With ``tied=True`` all layers share one ``(W, S)`` (``"lista"``) or one ``B`` (``"cp"``);
+    thresholds (and ALISTA's steps, which have no matrices to tie) stay per layer.
+
+    Use :meth:`from_ista` to build one.
+
+    Attributes
+    ----------
+    A : buffer (M, N)
+        The sensing matrix (used by ``"cp"`` and ``"alista"``).
+    W_analytic : buffer (N, M) or None
+        ``Wᵀ`` of ALISTA, stored as the back-projection ``B`` of
+        :func:`~sklearn_unfold.steps.ista_step`.
+    thresholds : ParameterList of (1,) tensors
+        ``θ_t``, one per layer.
+    steps : ParameterList of (1,) tensors
+        ``γ_t`` (``"alista"`` only; empty otherwise).
+    W, S : ParameterList
+        ``"lista"`` matrices; ``W`` is ``(N, M)`` per layer (one if tied), ``S`` ``(N, N)`` for
+        layers ``1…T−1`` (one if tied).
+    B : ParameterList
+        ``"cp"`` back-projections ``(N, M)``, one per layer (one if tied).
+    """
+
+    def __init__(self, A: Tensor, alpha: float, n_layers: int, *, tied: bool = False,
+                 variant: str = "lista", support_selection: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__(n_layers)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
+        if self.n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1; got {n_layers}.")
+        self.variant = variant
+        self.tied = bool(tied)
+        self.support_selection = bool(support_selection)
+        A64 = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A.detach().cpu(),
+                              dtype=torch.float64)
+        M, N = A64.shape
+        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
+        self.lipschitz = L
+        self.alpha = float(alpha)
+        self.register_buffer("A", A64.to(dtype=dtype, device=device))
+        kw = {"dtype": dtype, "device": device}
+        n_mat = 1 if self.tied else self.n_layers
+        self.W = nn.ParameterList()
+        self.S = nn.ParameterList()
+        self.B = nn.ParameterList()
+        self.steps = nn.ParameterList()
+        self.W_analytic: Tensor | None
+        theta0 = self.alpha / L
+        if variant == "lista":
+            self.W.extend(_param(A64.T / L, **kw) for _ in range(n_mat))
+            n_s = 1 if self.tied else self.n_layers - 1
+            if self.n_layers > 1:
+                S0 = torch.eye(N, dtype=torch.float64) - A64.T @ A64 / L
+                self.S.extend(_param(S0, **kw) for _ in range(n_s))
+            self.register_buffer("W_analytic", None)
+        elif variant == "cp":
+            self.B.extend(_param(A64.T / L, **kw) for _ in range(n_mat))
+            self.register_buffer("W_analytic", None)
+        else:
+            W = analytic_weight(A64)
+            gamma0 = 1.0 / float(torch.linalg.matrix_norm(W.T @ A64, ord=2))
+            theta0 = self.alpha * gamma0
+            self.register_buffer("W_analytic", W.T.contiguous().to(**kw))
+            self.steps.extend(_param([gamma0], **kw) for _ in range(self.n_layers))
+        self.thresholds = nn.ParameterList(
+            _param([theta0], **kw) for _ in range(self.n_layers))
+
+    @classmethod
+    def from_ista(cls, A, alpha: float, n_layers: int, *, tied: bool = False,
+                  variant: str = "lista", support_selection: bool = False,
+                  dtype: torch.dtype = torch.float32, device=None) -> LISTANetwork:
+        """Build the network whose layers are, at initialisation, the iterations of ISTA.
+
+        Parameters
+        ----------
+        A : array-like or tensor of shape (M, N)
+            The sensing matrix.
+        alpha : float
+            ISTA's ℓ1 weight ``α`` (``θ = α/L``; see :class:`~sklearn_unfold.ISTARegressor`).
+        n_layers : int
+            Depth ``T``.
+        tied : bool
+            Share the matrices between layers.
+        variant : {"lista", "cp", "alista"}
+            The layer form (see the class docstring).
+        support_selection : bool
+            Let the largest ``min(1.2 (t+1), 13) %`` entries of layer ``t`` bypass the threshold.
+        dtype, device
+            Of the parameters and buffers.
+
+        Returns
+        -------
+        LISTANetwork
+        """
+        return cls(A, alpha, n_layers, tied=tied, variant=variant,
+                   support_selection=support_selection, dtype=dtype, device=device)
+
+    # ------------------------------------------------------------------ helpers
+    def support_frac(self, t: int) -> float:
+        """The support-selection fraction of layer ``t`` (0 without support selection)."""
+        return support_fraction(t) if self.support_selection else 0.0
+
+    def _mat(self, plist: nn.ParameterList, t: int) -> Tensor:
+        return plist[0] if self.tied else plist[t]
+
+    # ------------------------------------------------------------------ interface
+    def forward(self, Y: Tensor) -> list[Tensor]:
+        """Run the first :attr:`n_active` layers on ``Y (n, M)``; return the outputs ``(n, N)``."""
+        Y = Y.to(dtype=self.A.dtype)
+        n, N = Y.shape[0], self.A.shape[1]
+        x = torch.zeros((n, N), dtype=Y.dtype, device=Y.device)
+        op = DenseOperator(self.A)
+        Wy_tied = Y @ self.W[0].T if (self.variant == "lista" and self.tied) else None
+        outs = []
+        for t in range(self.n_active):
+            frac = self.support_frac(t)
+            theta = self.thresholds[t]
+            if self.variant == "lista":
+                Wy = Wy_tied if Wy_tied is not None else Y @ self.W[t].T
+                if t == 0:
+                    zero_S = torch.zeros((), dtype=Y.dtype, device=Y.device)
+                    x = lista_step(x, Wy, zero_S.expand(N, N), theta, support_frac=frac)
+                else:
+                    x = lista_step(x, Wy, self._mat(self.S, t - 1), theta, support_frac=frac)
+            elif self.variant == "cp":
+                x = ista_step(x, Y, op, theta, B=self._mat(self.B, t), step=1.0,
+                              support_frac=frac)
+            else:
+                x = ista_step(x, Y, op, theta, B=self.W_analytic, step=self.steps[t],
+                              support_frac=frac)
+            outs.append(x)
+        return outs
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """Parameters introduced by layer ``t``; tied matrices belong to layer 0."""
+        if not 0 <= t < self.n_layers:
+            raise IndexError(f"layer {t} out of range for {self.n_layers} layers.")
+        params: list[nn.Parameter] = [self.thresholds[t]]
+        if self.variant == "alista":
+            return params + [self.steps[t]]
+        if self.tied:
+            return params + (list(self.W) + list(self.S) + list(self.B) if t == 0 else [])
+        if self.variant == "cp":
+            return params + [self.B[t]]
+        return params + [self.W[t]] + ([self.S[t - 1]] if t > 0 else [])
+
+    def layer_summary(self) -> dict[str, np.ndarray]:
+        """Per-layer coefficients: ``threshold`` ``θ_t``, ``step`` ``γ_t`` and ``support_frac``.
+
+        For ``"lista"`` and ``"cp"`` the step is folded into the learned matrices and reported as 1.
+        """
+        theta = np.array([float(p.detach()) for p in self.thresholds])
+        if self.variant == "alista":
+            step = np.array([float(p.detach()) for p in self.steps])
+        else:
+            step = np.ones(self.n_layers)
+        frac = np.array([self.support_frac(t) for t in range(self.n_layers)])
+        return {"threshold": theta, "step": step, "support_frac": frac}

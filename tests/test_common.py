@@ -1,0 +1,21 @@
+"""scikit-learn's own estimator checks on every estimator of the package."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_unfold import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
+
+
+def _estimators():
+    ests = [
+        ISTARegressor(max_iter=300),
+        FISTARegressor(max_iter=300),
+        AMPRegressor(max_iter=50),
+        AMPRegressor(denoiser="soft", max_iter=50),
+        VAMPRegressor(max_iter=50),
+    ]
+    return ests
+
+
+@parametrize_with_checks(_estimators())
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -1,0 +1,171 @@
+"""LISTANetwork: analytic initialisation, tying, gradients, support selection, training."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_unfold.datasets import make_compressed_sensing
+from sklearn_unfold.networks.lista import LISTANetwork, analytic_weight, support_fraction
+from sklearn_unfold.solvers import ista_iterates
+
+N, M = 64, 32
+ALPHA = 0.05
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny problems: one intra-op thread is faster, and much faster on a busy machine."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    Y, X, A = make_compressed_sensing("giid", 300, n_features=N, n_measurements=M,
+                                      random_state=0)
+    return torch.as_tensor(Y), torch.as_tensor(X), A
+
+
+def _nmse_db(x_hat, X):
+    return float(10 * torch.log10(((x_hat - X) ** 2).sum() / (X**2).sum()))
+
+
+def _train(net, A, n_steps, lr, seed=0, batch=256):
+    """Plain Adam on the final-layer NMSE, fresh Bernoulli-Gaussian signals every step."""
+    gen = np.random.default_rng(seed)
+    A_t = torch.as_tensor(A, dtype=torch.float32)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(n_steps):
+        X = torch.as_tensor((gen.random((batch, N)) < 0.1) * gen.standard_normal((batch, N)),
+                            dtype=torch.float32)
+        Y = X @ A_t.T + 0.0045 * torch.as_tensor(gen.standard_normal((batch, M)),
+                                                 dtype=torch.float32)
+        loss = ((net(Y)[-1] - X) ** 2).sum() / (X**2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("variant", ["lista", "cp"])
+def test_init_equals_ista_iterates(problem, variant, tied):
+    Y, _, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 6, variant=variant, tied=tied, dtype=torch.float64)
+    outs = net(Y)
+    ref = [x.clone() for x in ista_iterates(Y, torch.as_tensor(A), ALPHA, max_iter=6, tol=0.0)]
+    assert len(outs) == len(ref) == 6
+    for out, x in zip(outs, ref, strict=True):
+        torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+
+
+def test_alista_weight_is_least_coherent(problem):
+    _, _, A = problem
+    A_t = torch.as_tensor(A)
+    W = analytic_weight(A_t)
+    gram = W.T @ A_t
+    torch.testing.assert_close(torch.diagonal(gram), torch.ones(N, dtype=torch.float64))
+    # the normalised matrix itself is feasible, so it cannot be less coherent
+    A_norm = A_t / (A_t * A_t).sum(dim=0, keepdim=True)
+    off = ~torch.eye(N, dtype=torch.bool)
+    assert gram[off].norm() < (A_norm.T @ A_t)[off].norm()
+    net = LISTANetwork.from_ista(A, ALPHA, 4, variant="alista", dtype=torch.float64)
+    torch.testing.assert_close(net.W_analytic, W.T)
+    summary = net.layer_summary()
+    assert summary["step"].shape == (4,) and np.all(summary["step"] > 0)
+    np.testing.assert_allclose(summary["threshold"], ALPHA * summary["step"])
+
+
+@pytest.mark.parametrize("variant", ["lista", "cp"])
+def test_tied_has_fewer_parameters(problem, variant):
+    _, _, A = problem
+    n_params = {
+        tied: sum(p.numel() for p in LISTANetwork.from_ista(A, ALPHA, 5, variant=variant,
+                                                            tied=tied).parameters())
+        for tied in (False, True)
+    }
+    assert n_params[True] < n_params[False]
+
+
+@pytest.mark.parametrize("support_selection", [False, True])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("variant", ["lista", "cp", "alista"])
+def test_gradients_reach_every_parameter(problem, variant, tied, support_selection):
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 4, variant=variant, tied=tied,
+                                 support_selection=support_selection)
+    loss = sum(((x - X.float()) ** 2).mean() for x in net(Y))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("variant", ["lista", "cp", "alista"])
+def test_layer_parameters_partition_the_parameters(problem, variant, tied):
+    _, _, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 4, variant=variant, tied=tied)
+    seen = [id(p) for t in range(4) for p in net.layer_parameters(t)]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == {id(p) for p in net.parameters()}
+    if tied and variant != "alista":
+        assert all(p.numel() == 1 for p in net.layer_parameters(3))
+    with pytest.raises(IndexError):
+        net.layer_parameters(4)
+
+
+def test_n_active_and_summary(problem):
+    Y, _, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 5, variant="cp", support_selection=True)
+    net.n_active = 2
+    assert len(net(Y)) == 2
+    summary = net.layer_summary()
+    assert summary["threshold"].shape == (5,)
+    np.testing.assert_allclose(summary["support_frac"], [0.012, 0.024, 0.036, 0.048, 0.06])
+    assert support_fraction(20) == pytest.approx(0.13)
+    pickle.loads(pickle.dumps(net))
+    with pytest.raises(ValueError, match="variant"):
+        LISTANetwork.from_ista(A, ALPHA, 3, variant="fista")
+
+
+@pytest.mark.parametrize("variant", ["lista", "cp", "alista"])
+def test_support_selection_bypasses_threshold(problem, variant):
+    """At init, layer 0 with support selection is the plain soft threshold except that the
+    ⌈p_0 N⌉ largest entries of its input pass unthresholded."""
+    Y, _, A = problem
+    plain = LISTANetwork.from_ista(A, 5 * ALPHA, 3, variant=variant, dtype=torch.float64)
+    ss = LISTANetwork.from_ista(A, 5 * ALPHA, 3, variant=variant, support_selection=True,
+                                dtype=torch.float64)
+    x_plain, x_ss = plain(Y)[0], ss(Y)[0]
+    B = plain.W[0] if variant == "lista" else (plain.B[0] if variant == "cp"
+                                               else plain.steps[0] * plain.W_analytic)
+    r = (Y @ B.T).detach()
+    k = int(np.ceil(support_fraction(0) * N))
+    top = torch.zeros_like(r, dtype=torch.bool).scatter_(1, r.abs().topk(k, dim=1).indices, True)
+    torch.testing.assert_close(x_ss[top], r[top])
+    torch.testing.assert_close(x_ss[~top], x_plain[~top])
+    assert not torch.allclose(x_ss, x_plain)
+    # later layers differ too, and the fractions grow
+    assert not torch.allclose(ss(Y)[-1], plain(Y)[-1])
+
+
+@pytest.mark.parametrize("variant,support_selection", [("lista", False), ("cp", True),
+                                                       ("alista", True)])
+def test_training_improves_on_init(problem, variant, support_selection):
+    Y, X, A = problem
+    torch.manual_seed(0)
+    net = LISTANetwork.from_ista(A, ALPHA, 4, variant=variant,
+                                 support_selection=support_selection)
+    with torch.no_grad():
+        before = _nmse_db(net(Y.float())[-1], X.float())
+    lr = 1e-2 if variant == "alista" else 1e-3
+    _train(net, A, 300, lr)
+    with torch.no_grad():
+        after = _nmse_db(net(Y.float())[-1], X.float())
+    assert after < before - 4.0, (before, after)
