@@ -28,11 +28,12 @@ import warnings
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sklearn_unfold import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
 from sklearn_unfold.comparison import make_comparison_data
 from sklearn_unfold.denoisers import bg_mse
-from sklearn_unfold.plotting import staged_nmse_db
+from sklearn_unfold.metrics import nmse_db
 
 ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 100, 200, 500, 1000, 2000,
         3420, 5000)
@@ -54,6 +55,12 @@ def solvers(A: np.ndarray) -> dict:
         "AMP-bg": AMPRegressor(A=A, denoiser="bg"),
         "VAMP-bg": VAMPRegressor(A=A, denoiser="bg"),
     }
+
+
+def staged_curve(est, Y: np.ndarray, X: np.ndarray, label: str) -> np.ndarray:
+    """Test NMSE (dB) after every iteration, with a progress bar on stderr."""
+    stages = tqdm(est.staged_predict(Y), total=est.max_iter, desc=label, leave=False)
+    return np.array([nmse_db(X, X_hat) for X_hat in stages])
 
 
 def support_oracle_nmse_db(A: np.ndarray, Y: np.ndarray, X: np.ndarray) -> float:
@@ -109,7 +116,7 @@ def run_problem(problem: str, n_train: int, n_test: int, random_state: int) -> N
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             est.fit(data.Y_train, data.X_train)
-            curves[name] = staged_nmse_db(est, data.Y_test, data.X_test)
+            curves[name] = staged_curve(est, data.Y_test, data.X_test, name)
         seconds[name] = time.perf_counter() - start
         stopped[name] = curves[name].size < est.max_iter
         notes[name] = "; ".join(sorted({str(w.message).split(";")[0] for w in caught}))

@@ -22,9 +22,10 @@ Four figures are printed per run, each for 10,000 and 1,000,000 samples, with th
 Usage::
 
     python benchmarks/memory.py                      # AMP and LAMP, 1e4 and 1e6 samples
-    python benchmarks/memory.py --sizes 10000 100000 --estimators amp
+    python benchmarks/memory.py --sizes 10000 100000 --estimators amp --threads 1
 
-The 10⁶-sample runs need about 2 + 4 + (working) GB of memory and a few minutes on 2 cores.
+The 10⁶-sample runs need about 2 + 4 + (working) GB of memory and several minutes on 2 cores
+(``--threads 1`` when the cores are shared with other work: torch's threads then oversubscribe).
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def child(model_path: str, n_samples: int) -> dict:
+def child(model_path: str, n_samples: int, threads: int) -> dict:
     """One measurement: load the model, build ``Y`` in chunks, predict once, report memory."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     from sklearn_unfold.datasets import BernoulliGaussianPrior
     from sklearn_unfold.persistence import load
 
@@ -94,7 +99,7 @@ def _fit_models(names: list[str], folder: str) -> dict[str, str]:
 
     Y, X, A = make_compressed_sensing("giid", 2000, random_state=0)
     makers = {
-        "amp": lambda: AMPRegressor(A=A, max_iter=5),
+        "amp": lambda: AMPRegressor(A=A, max_iter=3),
         "lamp": lambda: LAMPRegressor(A=A, n_layers=4, max_epochs=1, device="cpu",
                                       random_state=0),
     }
@@ -108,8 +113,9 @@ def _fit_models(names: list[str], folder: str) -> dict[str, str]:
     return paths
 
 
-def _measure(path: str, n_samples: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", path, str(n_samples)],
+def _measure(path: str, n_samples: int, threads: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", path, str(n_samples),
+                           str(threads)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {n_samples} samples failed:\n{proc.stderr[-2000:]}")
@@ -126,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--estimators", nargs="+", default=["amp", "lamp"],
                         choices=["amp", "lamp"])
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in the measuring processes (0: torch's default)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]))))
+        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
         return 0
 
     small, large = args.sizes
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         paths = _fit_models(args.estimators, folder)
         for name, path in paths.items():
-            runs = [_measure(path, n) for n in (small, large)]
+            runs = [_measure(path, n, args.threads) for n in (small, large)]
             rows = {
                 "peak (with input)": [r["peak"] for r in runs],
                 "peak - input": [r["peak"] - r["input"] for r in runs],

@@ -42,7 +42,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and the ``compare`` sub-parser (for its error messages)."""
     parser = argparse.ArgumentParser(
         prog="sklearn-unfold", description="Deep unfolding and message passing, compared.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -71,7 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--threads", type=_positive_int, default=None,
                       help="CPU threads for torch and BLAS (default: their own defaults)")
     cmp_.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+    return parser, cmp_
 
 
 def _parse_methods(parser: argparse.ArgumentParser, text: str | None) -> list[str]:
@@ -128,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv : sequence of str, optional
         Arguments without the program name; ``sys.argv[1:]`` when omitted.
     """
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    top, parser = _build_parser()
+    args = top.parse_args(argv)
     methods = _parse_methods(parser, args.methods)
     if not args.no_plot:
         _check_output(parser, args.output)

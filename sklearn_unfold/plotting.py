@@ -54,6 +54,12 @@ def _get_ax(ax):
     return ax.figure, ax
 
 
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def staged_nmse_db(estimator, Y, X, *, max_stages: int | None = None) -> np.ndarray:
     """NMSE (dB) of every stage of ``estimator.staged_predict(Y)`` against ``X``.
 
@@ -182,6 +188,8 @@ class NMSECurveDisplay:
             line = ax.axhline(float(level), label=f"{name} ({float(level):.1f} dB)", **kw)
             self.reference_lines_.append(line)
         ax.set_xscale(xscale)
+        if xscale == "linear":
+            _integer_ticks(ax)
         ax.set_xlabel("iteration / layer")
         ax.set_ylabel("NMSE (dB)")
         ax.grid(True, which="major", alpha=0.3)
@@ -317,6 +325,7 @@ class TrainingHistoryDisplay:
             depth = sorted(per_layer)
             kw = {"marker": "o", **line_kw}
             (self.line_,) = ax.plot(depth, [per_layer[d] for d in depth], label=label, **kw)
+            _integer_ticks(ax)
             ax.set_xlabel("layers")
         else:
             self._plot_stages(ax, label, line_kw)

@@ -1,7 +1,7 @@
 """The training engine shared by every unrolled network.
 
 It knows modules, losses, optimisers and batches, not any algorithm: a network only has to
-implement the :class:`~sklearn_unfold.networks._base.UnrolledNetwork` interface (``forward``
+implement the :class:`~sklearn_unfold.networks.UnrolledNetwork` interface (``forward``
 returns every layer's estimate, ``layer_parameters(t)`` names what layer ``t`` adds,
 ``n_active`` sets how many layers run).
 
@@ -26,7 +26,7 @@ training on the best checkpoint. Both warn. A CUDA out-of-memory error is re-rai
 batch size to lower.
 
 The loop is a handful of small methods in the style of skorch — :meth:`Trainer.fit` →
-:meth:`Trainer._fit_stage` → :meth:`Trainer._train_step` — so a subclass can override one.
+``Trainer._fit_stage`` → ``Trainer._train_step`` — so a subclass can override one.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Stage:
 
 # ----------------------------------------------------------------------------- trainer
 class Trainer:
-    """Train an :class:`~sklearn_unfold.networks._base.UnrolledNetwork` with the recipe above.
+    """Train an :class:`~sklearn_unfold.networks.UnrolledNetwork` with the recipe above.
 
     Parameters
     ----------

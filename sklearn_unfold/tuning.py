@@ -1,42 +1,69 @@
-"""Scalar state evolution, used to pick analytic parameters (AMP-soft's threshold).
+"""Scalar state evolution of soft-threshold AMP, used to pick analytic parameters.
 
 For i.i.d. Gaussian ``A``, AMP's effective noise variance obeys
-``τ²_{t+1} = σw² + (N/M)·E[(η(X + τ_t Z; τ_t) − X)²]``, X from the prior, Z ~ N(0, 1).
-The expectations are computed by Gauss-Hermite quadrature on each mixture component.
+``τ²_{t+1} = σw² + (N/M)·E[(soft(X + τ_t Z; λτ_t) − X)²]``, ``X`` from the prior, ``Z ~ N(0, 1)``.
+For a Bernoulli-Gaussian ``X`` the expectation has a closed form: with ``r ~ N(0, s²)``,
+``a = θ/s`` and ``Q`` the Gaussian tail,
+
+.. math::
+    E[\\mathrm{soft}(r;θ)^2] = 2\\left[(s^2 + θ^2) Q(a) − θ s φ(a)\\right], \\qquad
+    E[r\\,\\mathrm{soft}(r;θ)] = 2 s^2 Q(a),
+
+and ``E[x | r] = v r / (v + τ²)`` on the active part.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import ndtr
+
+_SQRT_2PI = np.sqrt(2.0 * np.pi)
 
 
-def soft_mse(tau2: np.ndarray, lam: np.ndarray, sparsity: float, var: float,
-             n_points: int = 80) -> np.ndarray:
-    r"""``E[(soft(X + τZ; λτ) − X)²]`` for a Bernoulli-Gaussian ``X`` (broadcast over inputs)."""
-    tau = np.sqrt(np.asarray(tau2, dtype=np.float64))[..., None, None]
-    lam = np.asarray(lam, dtype=np.float64)[..., None, None]
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
-    weights = weights / weights.sum()
-    z, x = nodes[:, None], np.sqrt(var) * nodes[None, :]
-    w2 = weights[:, None] * weights[None, :]
+def _tail(a):
+    return ndtr(-a)
 
-    def err(xv):
-        r = xv + tau * z
-        est = np.sign(r) * np.maximum(np.abs(r) - lam * tau, 0.0)
-        return (est - xv) ** 2
 
-    inactive = (weights[:, None] * err(np.zeros_like(x[:, :1]))).sum(axis=(-2, -1))
-    active = (w2 * err(x)).sum(axis=(-2, -1))
+def _pdf(a):
+    return np.exp(-0.5 * a * a) / _SQRT_2PI
+
+
+def _soft_second_moment(s2, theta):
+    s = np.sqrt(s2)
+    a = theta / s
+    return 2.0 * ((s2 + theta**2) * _tail(a) - theta * s * _pdf(a))
+
+
+def soft_mse(tau2, lam, sparsity: float, var: float) -> np.ndarray:
+    r"""``E[(soft(X + τZ; λτ) − X)²]`` for ``X ~ (1−p) δ0 + p N(0, v)`` (closed form, broadcast)."""
+    tau2 = np.asarray(tau2, dtype=np.float64)
+    theta = np.asarray(lam, dtype=np.float64) * np.sqrt(tau2)
+    inactive = _soft_second_moment(tau2, theta)
+    s2 = var + tau2
+    active = _soft_second_moment(s2, theta) - 4.0 * var * _tail(theta / np.sqrt(s2)) + var
     return (1.0 - sparsity) * inactive + sparsity * active
 
 
-def soft_state_evolution(lam: np.ndarray, sparsity: float, var: float, noise_var: float,
-                         ratio: float, n_iter: int = 200) -> np.ndarray:
-    """Fixed point ``τ²_∞`` of soft-threshold AMP's state evolution for each ``λ`` (M/N = ratio)."""
+def soft_active_rate(tau2, lam, sparsity: float, var: float) -> np.ndarray:
+    """``P(|X + τZ| > λτ)``: the expected fraction of non-zeros in the soft-threshold output."""
+    tau2 = np.asarray(tau2, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64)
+    return (1.0 - sparsity) * 2.0 * _tail(lam) + sparsity * 2.0 * _tail(
+        lam * np.sqrt(tau2) / np.sqrt(var + tau2))
+
+
+def soft_state_evolution(lam, sparsity: float, var: float, noise_var: float, ratio: float,
+                         n_iter: int = 500, rtol: float = 1e-10) -> np.ndarray:
+    """Fixed point ``τ²_∞`` of soft-threshold AMP's state evolution for each ``λ`` (``ratio = M/N``)."""
     lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
     tau2 = np.full(lam.shape, noise_var + sparsity * var / ratio)
     for _ in range(n_iter):
-        tau2 = noise_var + soft_mse(tau2, lam, sparsity, var) / ratio
+        new = noise_var + soft_mse(tau2, lam, sparsity, var) / ratio
+        done = np.all(np.abs(new - tau2) <= rtol * new)
+        tau2 = new
+        if done:
+            break
     return tau2
 
 
@@ -44,15 +71,16 @@ def soft_threshold_for_prior(sparsity: float, var: float, noise_var: float, rati
                              algorithm: str = "amp") -> float:
     """The soft threshold multiplier ``λ`` with the lowest state-evolution fixed point.
 
-    ``ratio`` is ``M/N``. ``algorithm`` is recorded for future algorithm-specific tuning; VAMP
-    uses AMP's value, a good proxy since both then approach the same LASSO fixed point.
+    ``ratio`` is ``M/N``. VAMP (``algorithm="vamp"``) uses AMP's value: both then approach the
+    same LASSO fixed point.
     """
-    grid = np.linspace(0.3, 4.0, 75)
-    tau2 = soft_state_evolution(grid, sparsity, var, noise_var, ratio)
-    mse = (tau2 - noise_var) * ratio
-    fine = np.linspace(max(grid[np.argmin(mse)] - 0.1, 0.05), grid[np.argmin(mse)] + 0.1, 41)
-    tau2 = soft_state_evolution(fine, sparsity, var, noise_var, ratio)
-    return float(fine[np.argmin(tau2)])
+    grid = np.linspace(0.2, 4.0, 39)
+    best = float(grid[np.argmin(soft_state_evolution(grid, sparsity, var, noise_var, ratio))])
+    res = minimize_scalar(
+        lambda lam: float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0]),
+        bounds=(max(best - 0.1, 0.05), best + 0.1), method="bounded",
+        options={"xatol": 1e-4})
+    return float(res.x)
 
 
 def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: float) -> float:
@@ -62,11 +90,6 @@ def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: 
     calibration) ``α = λτ (1 − (N/M) P(|X + τZ| > λτ))``, ``τ²`` the state-evolution fixed point.
     """
     lam = soft_threshold_for_prior(sparsity, var, noise_var, ratio)
-    tau = float(np.sqrt(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0]))
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
-    weights = weights / weights.sum()
-    z, x = nodes[:, None], np.sqrt(var) * nodes[None, :]
-    p_in = float((weights * (np.abs(tau * nodes) > lam * tau)).sum())
-    p_act = float((weights[:, None] * weights[None, :] * (np.abs(x + tau * z) > lam * tau)).sum())
-    active_rate = (1.0 - sparsity) * p_in + sparsity * p_act
-    return float(lam * tau * max(1.0 - active_rate / ratio, 1e-3))
+    tau2 = float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0])
+    rate = float(soft_active_rate(tau2, lam, sparsity, var))
+    return float(lam * np.sqrt(tau2) * max(1.0 - rate / ratio, 1e-3))

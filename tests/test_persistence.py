@@ -35,7 +35,8 @@ FAST_PARAMS = {
 VARIANTS = {
     "AMPRegressor": [{"denoiser": "soft", "threshold": 1.4}],
     "VAMPRegressor": [{"denoiser": "soft", "threshold": 1.4}],
-    "LISTARegressor": [{"tied": True, "variant": "lista"}],
+    "LISTARegressor": [{"tied": True, "variant": "lista"},
+                       {"signal_prior": "bernoulli_gaussian", "variant": "alista"}],
     "LAMPRegressor": [{"denoiser": "mlp", "random_state": np.random.RandomState(3)}],
     "LDVAMPRegressor": [{"gains": True, "denoiser": "pwlin", "dtype": "float64"}],
 }
@@ -313,7 +314,18 @@ def test_save_refuses_what_it_cannot_store(data, tmp_path):
     est.custom_ = StandardScaler()
     with pytest.raises(TypeError, match=r"estimator\['custom_'\] is a .*StandardScaler"):
         save(est, tmp_path / "x.sfu")
+    learned = [c for c in _classes() if "signal_prior" in c().get_params()]
+    for cls in learned:
+        with pytest.raises(TypeError, match=r"params\['signal_prior'\] is a .*_UserPrior"):
+            save(cls(signal_prior=_UserPrior()), tmp_path / "x.sfu")
     assert not (tmp_path / "x.sfu").exists()
+
+
+class _UserPrior:
+    """A user-defined prior: fine to pickle, not describable by the safe format."""
+
+    def sample(self, n_samples, random_state=None):
+        return np.zeros((n_samples, N))
 
 
 # --------------------------------------------------------------------------- damaged files

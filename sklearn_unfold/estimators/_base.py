@@ -97,6 +97,11 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     # ---------------------------------------------------------------- fit helpers
     def _validate_fit_data(self, Y, X) -> tuple[np.ndarray, np.ndarray]:
         """Validate ``fit(Y, X)`` and set ``A_``, the prior and ``noise_var_``."""
+        if X is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None: "
+                "fit(Y, X) needs the signals X behind the measurements Y."
+            )
         _check_input_form(self, Y=Y, X=X)
         X = check_array(X, dtype=np.float64, ensure_2d=False, ensure_all_finite=False,
                         input_name="X")
@@ -192,11 +197,18 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
 
 def _reject_complex(**arrays) -> None:
     for name, arr in arrays.items():
-        if np.iscomplexobj(arr) and not hasattr(arr, "dtypes"):
+        dtype = getattr(arr, "dtype", None)
+        if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.complexfloating):
             raise ValueError(
-                f"{name} is complex ({np.asarray(arr).dtype}): Complex data not supported; "
+                f"{name} is complex ({dtype}): Complex data not supported; "
                 "complex-valued signals and measurements are not supported yet."
             )
+
+
+def _shape(arr) -> tuple[int, ...]:
+    """Shape of an array-like without converting arrays and frames (lists are converted)."""
+    shape = getattr(arr, "shape", None)
+    return tuple(shape) if shape is not None else np.asarray(arr).shape
 
 
 def _check_input_form(est, Y, X=None) -> None:
@@ -216,7 +228,7 @@ def _check_input_form(est, Y, X=None) -> None:
             )
     _reject_complex(**arrays)
     cls = type(est).__name__
-    shape_y = np.shape(Y)
+    shape_y = _shape(Y)
     if len(shape_y) != 2:
         raise ValueError(
             f"Y must be 2-D, of shape (n_samples, n_measurements); got {len(shape_y)}-D input of "
@@ -231,7 +243,7 @@ def _check_input_form(est, Y, X=None) -> None:
             f"Y has 0 feature(s) (shape={shape_y}) while a minimum of 1 is required."
         )
     if X is not None:
-        shape_x = np.shape(X)
+        shape_x = _shape(X)
         if len(shape_x) not in (1, 2):
             raise ValueError(
                 f"X must be 2-D, of shape (n_samples, n_features), or 1-D; got "

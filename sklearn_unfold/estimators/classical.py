@@ -23,6 +23,7 @@ from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase
 
 _DTYPE = torch.float64
+_N_PROBE = 64
 
 
 class _ClassicalBase(RecoveryEstimatorBase):
@@ -52,21 +53,27 @@ class _ClassicalBase(RecoveryEstimatorBase):
         """
         Y, X = self._validate_fit_data(X, y)
         self._op = DenseOperator(torch.as_tensor(self.A_, dtype=_DTYPE))
-        self._predict_stats = {"n_iter": None}
         self._fit_solver(Y, X)
+        # n_iter_ is available after fit: the iterations needed on (up to) the first
+        # _N_PROBE training measurements; every predict then updates it.
+        steps = 0
+        for steps, _ in enumerate(self._iterate(Y[:_N_PROBE], warn=False), start=1):
+            pass
+        self._predict_stats = {"n_iter": steps}
         return self
 
     def _fit_solver(self, Y, X) -> None:
         """Hook for the method's own fitted parameters."""
 
     def _tensor(self, Y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(Y), dtype=_DTYPE)
+        return torch.from_numpy(np.require(Y, dtype=np.float64, requirements=["C", "W"]))
 
-    def _iterate(self, Y: np.ndarray):
+    def _iterate(self, Y: np.ndarray, warn: bool = True):
         report = IterationReport()
         with torch.no_grad():
             yield from self._solver_iterates(self._tensor(Y), report)
-        self._warn(report)
+        if warn:
+            self._warn(report)
 
     def _warn(self, report: IterationReport) -> None:
         name = type(self).__name__
@@ -88,11 +95,14 @@ class _ClassicalBase(RecoveryEstimatorBase):
 
     @property
     def n_iter_(self) -> int:
-        """Iterations run by the last ``predict`` (the largest over samples)."""
-        stats = getattr(self, "_predict_stats", {})
-        if stats.get("n_iter") is None:
-            raise AttributeError("n_iter_ is set by predict; call fit, then predict.")
-        return stats["n_iter"]
+        """Iterations run by the last ``predict`` (the largest over samples).
+
+        After ``fit`` and before any ``predict``: the iterations needed on up to the first 64
+        training measurements.
+        """
+        if not hasattr(self, "_predict_stats"):
+            raise AttributeError(f"This {type(self).__name__} instance is not fitted yet.")
+        return self._predict_stats["n_iter"]
 
 
 class ISTARegressor(_ClassicalBase):
