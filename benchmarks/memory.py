@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import deque
 
 import numpy as np
 
@@ -61,7 +62,20 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def child(model_path: str, n_samples: int, threads: int) -> dict:
+def _predict_into_preallocated(est, Y) -> np.ndarray:
+    """``predict`` writing each chunk into one preallocated output (diagnostic, see --help)."""
+    Y = est._validate_predict_data(Y)
+    out = None
+    for start in range(0, Y.shape[0], int(est.batch_size)):
+        (last,) = deque(est._iterate(Y[start:start + int(est.batch_size)]), maxlen=1)
+        chunk = est._format_output(last)
+        if out is None:
+            out = np.empty((Y.shape[0], *chunk.shape[1:]))
+        out[start:start + chunk.shape[0]] = chunk
+    return out
+
+
+def child(model_path: str, n_samples: int, threads: int, preallocated: bool = False) -> dict:
     """One measurement: load the model, build ``Y`` in chunks, predict once, report memory."""
     if threads > 0:
         import torch
@@ -85,7 +99,7 @@ def child(model_path: str, n_samples: int, threads: int) -> dict:
     tic = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = est.predict(Y)
+        out = _predict_into_preallocated(est, Y) if preallocated else est.predict(Y)
     seconds = time.perf_counter() - tic
     return {"n": n_samples, "peak": _peak_rss(), "before": before, "input": Y.nbytes,
             "output": out.nbytes, "seconds": seconds, "batch_size": int(est.batch_size)}
@@ -113,9 +127,9 @@ def _fit_models(names: list[str], folder: str) -> dict[str, str]:
     return paths
 
 
-def _measure(path: str, n_samples: int, threads: int) -> dict:
+def _measure(path: str, n_samples: int, threads: int, preallocated: bool) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", path, str(n_samples),
-                           str(threads)],
+                           str(threads), str(int(preallocated))],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {n_samples} samples failed:\n{proc.stderr[-2000:]}")
@@ -134,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["amp", "lamp"])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in the measuring processes (0: torch's default)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--preallocated-output", action="store_true",
+                        help="diagnostic: measure a predict loop that writes each chunk into "
+                             "one preallocated output instead of the estimator's predict")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
+        path, n, threads, prealloc = args.child
+        print(json.dumps(child(path, int(n), int(threads), bool(int(prealloc)))))
         return 0
 
     small, large = args.sizes
@@ -145,15 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         paths = _fit_models(args.estimators, folder)
         for name, path in paths.items():
-            runs = [_measure(path, n, args.threads) for n in (small, large)]
+            runs = [_measure(path, n, args.threads, args.preallocated_output)
+                    for n in (small, large)]
             rows = {
                 "peak (with input)": [r["peak"] for r in runs],
                 "peak - input": [r["peak"] - r["input"] for r in runs],
                 "peak - input - output": [r["peak"] - r["input"] - r["output"] for r in runs],
                 "predict working memory": [r["peak"] - r["before"] - r["output"] for r in runs],
             }
-            print(f"\n{name}: predict on giid (M={M}, N={N}), batch_size={runs[0]['batch_size']}"
-                  f", {runs[0]['seconds']:.1f} s / {runs[1]['seconds']:.1f} s")
+            how = " (preallocated-output loop)" if args.preallocated_output else ""
+            print(f"\n{name}{how}: predict on giid (M={M}, N={N}), "
+                  f"batch_size={runs[0]['batch_size']}, "
+                  f"{runs[0]['seconds']:.1f} s / {runs[1]['seconds']:.1f} s")
             print(f"  {'':30s} {small:>11,d} {large:>11,d}   ratio")
             for label, (a, b) in rows.items():
                 ratio = b / max(a, 1)

@@ -62,6 +62,8 @@ nitpick_ignore_regex = []
 if "sphinx.ext.intersphinx" not in extensions:
     nitpick_ignore_regex.append(
         (r"py:.*", r"(sklearn|torch|numpy|np|scipy|matplotlib|joblib|safetensors)(\..*)?"))
+# ``UnrolledNetwork.n_active`` is a plain instance attribute (described in the class text).
+nitpick_ignore = [("py:attr", "n_active")]
 
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb",

@@ -4,8 +4,15 @@ Recover signals ``X`` from measurements ``Y = X Aᵀ + W`` with ``est.fit(Y, X)`
 ``est.predict(Y)``.
 """
 
-from .estimators import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
-from .estimators import LAMPRegressor, LDVAMPRegressor, LISTARegressor
+from .estimators import (
+    AMPRegressor,
+    FISTARegressor,
+    ISTARegressor,
+    LAMPRegressor,
+    LDVAMPRegressor,
+    LISTARegressor,
+    VAMPRegressor,
+)
 from .metrics import nmse_db, nmse_scorer
 
 __version__ = "0.1.0"

@@ -7,33 +7,29 @@
    machines (and round-trip every estimator exactly); to share models, use :func:`save` and
    :func:`load`.
 
-The file written by :func:`save` is a zip archive with two members:
+The file is a zip archive: ``params.json`` holds the format name and version, the class name,
+the constructor parameters and the fitted attributes as tagged JSON, in which arrays and
+tensors are references into ``tensors.safetensors`` (``tensors.pt``, read with
+``torch.load(weights_only=True)``, when safetensors is not installed).
 
-* ``params.json``: the format name and version, the estimator's class name, its constructor
-  parameters and its fitted attributes as tagged JSON (numbers, strings, lists, dicts, tuples);
-  arrays and tensors appear there as references into
-* ``tensors.safetensors``: every array and tensor, in the `safetensors
-  <https://huggingface.co/docs/safetensors>`_ format (``tensors.pt``, read with
-  ``torch.load(weights_only=True)``, when safetensors is not installed).
+Loading never unpickles and never calls anything the file names. Estimators (top level, or
+nested like a learned estimator's ``init_estimator_``) must be classes exported by
+:mod:`sklearn_unfold`; torch modules, linear operators and signal priors must subclass an
+allowed base and be defined in ``sklearn_unfold`` or ``torch.nn``; functions must be the
+denoisers of :mod:`sklearn_unfold.denoisers`. Objects are rebuilt from their stored
+attributes without calling their constructors, so a learned network round-trips exactly
+(even one a ``KeyboardInterrupt`` left part-grown). :func:`save` refuses, with a
+``TypeError`` naming it, any other attribute (a user-defined ``signal_prior`` object, say).
 
-Loading never unpickles and never calls anything the file names: the top-level class and any
-nested estimator (e.g. a learned estimator's ``init_estimator_``) must be one of the classes
-exported by :mod:`sklearn_unfold`; torch modules (the trained network), linear operators and
-signal priors must be subclasses of an allowed base class defined in ``sklearn_unfold`` or
-``torch.nn``; functions (the denoisers) must be members of :mod:`sklearn_unfold.denoisers`.
-Such objects are rebuilt from their stored attributes without calling their constructors,
-so a learned estimator round-trips exactly, including a network that a ``KeyboardInterrupt``
-left part-grown. An attribute of any other type (a user-defined ``signal_prior`` object,
-say) is refused by :func:`save` with a ``TypeError`` naming it; pickle such models instead.
-
-Tensors are stored on the CPU with the device they were on. :func:`load` puts them back there
-when that device exists, and on the CPU otherwise (with a warning), so a model trained on a GPU
-loads and predicts on a CPU-only machine; ``map_location`` forces a device.
+Tensors record their device; :func:`load` puts them back there when it exists and on the CPU
+otherwise (with a warning), so a GPU-trained model predicts on a CPU-only machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -53,9 +49,7 @@ from torch import nn
 
 FORMAT_NAME = "sklearn-unfold-model"
 FORMAT_VERSION = 1
-_PARAMS = "params.json"
-_SAFETENSORS = "tensors.safetensors"
-_TORCH = "tensors.pt"
+_PARAMS, _SAFETENSORS, _TORCH = "params.json", "tensors.safetensors", "tensors.pt"
 _TAG = "__type__"
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
@@ -63,17 +57,12 @@ __all__ = ["FORMAT_VERSION", "load", "save"]
 PathOrFile = str | os.PathLike | IO[bytes]
 
 
-# ============================================================================ what may be loaded
 def _estimator_classes() -> dict[str, type]:
     """The classes :func:`load` may instantiate at the top level: the exported estimators."""
     import sklearn_unfold
 
-    out = {}
-    for name in sklearn_unfold.__all__:
-        obj = getattr(sklearn_unfold, name, None)
-        if isinstance(obj, type) and issubclass(obj, BaseEstimator):
-            out[name] = obj
-    return out
+    found = {name: getattr(sklearn_unfold, name, None) for name in sklearn_unfold.__all__}
+    return {k: v for k, v in found.items() if isinstance(v, type) and issubclass(v, BaseEstimator)}
 
 
 def _allowed_object_bases() -> tuple[type, ...]:
@@ -97,18 +86,15 @@ def _resolve_class(ref: str) -> type:
                          "sklearn_unfold or torch.nn can be loaded.")
     module = sys.modules.get(module_name)
     if module is None and module_name.startswith("sklearn_unfold."):
-        try:
+        with contextlib.suppress(ImportError):
             module = importlib.import_module(module_name)  # the package's own code
-        except ImportError:
-            module = None
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
-    torch_ok = isinstance(obj, type) and module_name.startswith("torch.nn.") and issubclass(
-        obj, nn.Module)
-    own_ok = isinstance(obj, type) and module_name.startswith("sklearn_unfold") and issubclass(
-        obj, _allowed_object_bases())
-    if not (torch_ok or own_ok):
+    defined_there = (isinstance(obj, type) and obj.__module__ == module_name
+                     and obj.__qualname__ == qualname)
+    base = nn.Module if module_name.startswith("torch.nn.") else _allowed_object_bases()
+    if not (defined_there and issubclass(obj, base)):
         raise ValueError(f"refusing to load an object of class {ref!r}: it is not a torch module, "
                          "linear operator or signal prior of sklearn_unfold / torch.nn.")
     return obj
@@ -117,10 +103,8 @@ def _resolve_class(ref: str) -> type:
 def _function_ref(fn) -> str | None:
     from . import denoisers
 
-    name = getattr(fn, "__name__", None)
-    if name and getattr(denoisers, name, None) is fn:
-        return f"sklearn_unfold.denoisers:{name}"
-    return None
+    name = getattr(fn, "__name__", "")
+    return f"sklearn_unfold.denoisers:{name}" if getattr(denoisers, name, None) is fn else None
 
 
 def _resolve_function(ref: str):
@@ -134,7 +118,6 @@ def _resolve_function(ref: str):
     return fn
 
 
-# ============================================================================ encoding
 class _Encoder:
     """Turn an object graph into tagged JSON plus a flat ``{key: tensor}`` dict."""
 
@@ -143,8 +126,7 @@ class _Encoder:
         self._memo: dict[int, dict] = {}
 
     def _store(self, flat: torch.Tensor) -> str:
-        key = f"t{len(self.tensors)}"
-        self.tensors[key] = flat
+        self.tensors[key := f"t{len(self.tensors)}"] = flat
         return key
 
     def encode(self, obj, where: str):
@@ -154,9 +136,7 @@ class _Encoder:
             return int(obj)
         if isinstance(obj, float) and not isinstance(obj, np.generic):
             return obj if math.isfinite(obj) else {_TAG: "float", "value": repr(obj)}
-        if isinstance(obj, np.generic):
-            if obj.dtype.kind not in "biufc":
-                raise TypeError(f"{where}: cannot store a numpy scalar of dtype {obj.dtype}.")
+        if isinstance(obj, np.generic):  # (the array branch refuses non-numeric dtypes)
             return {_TAG: "npscalar", "dtype": obj.dtype.str,
                     "array": self.encode(np.asarray(obj), where)}
         if isinstance(obj, torch.Tensor):
@@ -218,14 +198,12 @@ class _Encoder:
             return self._memo[id(t)]
         if t.is_complex() or t.is_sparse or t.layout != torch.strided:
             raise TypeError(f"{where}: cannot store a {t.layout} {t.dtype} tensor.")
-        data = t.detach()
-        perm = _dense_permutation(data.shape, data.stride())
-        stored = data.permute(perm) if perm is not None else data
-        flat = stored.to("cpu").contiguous().clone()
+        perm = _dense_permutation(t.shape, t.stride())
+        flat = t.detach().permute(perm).to("cpu").contiguous().clone()
         ref = {_TAG: "parameter" if isinstance(t, nn.Parameter) else "tensor",
                "key": self._store(flat), "device": str(t.device),
                "requires_grad": bool(t.requires_grad), "memo": len(self._memo)}
-        if perm is not None and perm != list(range(t.ndim)):
+        if perm != list(range(t.ndim)):
             ref["permutation"] = perm
         self._memo[id(t)] = ref
         return ref
@@ -237,54 +215,46 @@ class _Encoder:
         if arr.dtype.kind not in "biufc" or arr.dtype.fields is not None:
             raise TypeError(f"{where}: cannot store an array of dtype {arr.dtype}.")
         perm = _dense_permutation(arr.shape, [s // max(arr.itemsize, 1) for s in arr.strides])
-        stored = np.ascontiguousarray(arr.transpose(perm) if perm is not None else arr)
+        stored = np.ascontiguousarray(arr.transpose(perm))
         raw = torch.from_numpy(np.frombuffer(stored.tobytes(), dtype=np.uint8).copy())
         ref = {_TAG: "ndarray", "key": self._store(raw), "dtype": arr.dtype.str,
                "shape": list(stored.shape)}
-        if perm is not None and perm != list(range(arr.ndim)):
+        if perm != list(range(arr.ndim)):
             ref["permutation"] = perm
         return ref
 
 
-def _dense_permutation(shape, strides) -> list[int] | None:
-    """The axis order in which an array is C-contiguous (``[1, 0]`` for a transpose), or None."""
+def _dense_permutation(shape, strides) -> list[int]:
+    """The axis order in which an array is C-contiguous (``[1, 0]`` for a transpose), else
+    the identity: a transposed view (an SVD's ``V``) keeps its layout, and its round-off."""
+    identity = list(range(len(shape)))
     if len(shape) < 2 or 0 in shape:
-        return None
-    perm = sorted(range(len(shape)), key=lambda i: (-strides[i], i))
+        return identity
+    perm = sorted(identity, key=lambda i: (-strides[i], i))
     expected = 1
     for axis in reversed(perm):
         if shape[axis] != 1 and strides[axis] != expected:
-            return None
+            return identity
         expected *= shape[axis]
     return perm
 
 
-# ============================================================================ decoding
 class _Decoder:
+    """Rebuild the object graph from tagged JSON and the tensors; refuse unknown classes."""
+
     def __init__(self, tensors: dict[str, torch.Tensor], map_location) -> None:
-        self.tensors = tensors
+        self.tensors, self._memo, self.remapped = tensors, {}, set()
         self.map_location = None if map_location is None else torch.device(map_location)
-        self._memo: dict[int, torch.Tensor] = {}
-        self.remapped: set[str] = set()
 
     def device(self, name: str) -> torch.device:
         if self.map_location is not None:
             return self.map_location
         dev = torch.device(name)
-        if dev.type == "cpu":
-            return dev
-        usable = (dev.type == "cuda" and torch.cuda.is_available()
-                  and (dev.index or 0) < torch.cuda.device_count())
-        if not usable and dev.type != "cuda":
-            try:
-                torch.empty(0, device=dev)
-                usable = True
-            except (RuntimeError, AssertionError):
-                usable = False
+        usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available()
+                                       and (dev.index or 0) < torch.cuda.device_count())
         if not usable:
             self.remapped.add(name)
-            return torch.device("cpu")
-        return dev
+        return dev if usable else torch.device("cpu")
 
     def decode(self, obj):
         if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -313,16 +283,13 @@ class _Decoder:
             return np.array(obj["values"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
         if tag == "npscalar":
             return self.decode(obj["array"])[()].astype(np.dtype(obj["dtype"]))
-        if tag == "torch.dtype":
-            dtype = getattr(torch, str(obj["name"]), None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"unknown torch dtype {obj['name']!r}")
-            return dtype
+        if tag == "torch.dtype" and isinstance(getattr(torch, str(obj["name"]), None),
+                                               torch.dtype):
+            return getattr(torch, str(obj["name"]))
         if tag == "torch.device":
             return torch.device(str(obj["name"]))
-        if tag == "RandomState":
-            rs = np.random.RandomState()
-            rs.set_state(tuple(self.decode(obj["state"])))
+        if tag == "RandomState":  # set_state takes the arrays and numbers get_state gave
+            (rs := np.random.RandomState()).set_state(tuple(self.decode(obj["state"])))
             return rs
         if tag == "function":
             return _resolve_function(obj["ref"])
@@ -339,9 +306,8 @@ class _Decoder:
             raise ValueError(f"refusing to load an estimator of class {name!r}: only the "
                              f"estimators exported by sklearn_unfold can be loaded "
                              f"({sorted(classes)}).")
-        params = self.decode(obj["params"])
         try:
-            est = classes[name](**params)
+            est = classes[name](**self.decode(obj["params"]))
         except TypeError as exc:
             raise ValueError(f"the stored parameters do not fit {name}: {exc}") from None
         vars(est).update(self.decode(obj["state"]))
@@ -349,8 +315,7 @@ class _Decoder:
 
     def _object(self, obj: dict):
         cls = _resolve_class(obj["class"])
-        state = self.decode(obj["state"])
-        new = cls.__new__(cls)
+        state, new = self.decode(obj["state"]), cls.__new__(cls)
         if isinstance(new, nn.Module):
             nn.Module.__setstate__(new, state)
         else:
@@ -386,29 +351,19 @@ class _Decoder:
 
 
 def _inverse(perm) -> list[int]:
-    perm = [int(p) for p in perm]
-    if sorted(perm) != list(range(len(perm))):
+    if sorted(int(p) for p in perm) != list(range(len(perm))):
         raise ValueError(f"invalid axis permutation {perm}")
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return inv
+    return np.argsort([int(p) for p in perm]).tolist()
 
 
-# ============================================================================ tensor files
 try:
     from safetensors import SafetensorError as _SafetensorError
 except ImportError:  # pragma: no cover - safetensors is optional
-    class _SafetensorError(Exception):  # noqa: N818 - stands in for safetensors' class
-        """Never raised: safetensors is not installed."""
+    _SafetensorError = RuntimeError
 
 
 def _have_safetensors() -> bool:
-    try:
-        import safetensors.torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("safetensors") is not None
 
 
 def _tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> tuple[str, bytes]:
@@ -430,9 +385,9 @@ def _tensors_from_bytes(member: str, data: bytes) -> dict[str, torch.Tensor]:
 
         return st_load(data)
     out = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(out, dict) or not all(isinstance(v, torch.Tensor) for v in out.values()):
-        raise ValueError(f"{_TORCH} does not hold a dict of tensors")
-    return out
+    if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()):
+        return out
+    raise ValueError(f"{_TORCH} does not hold a dict of tensors")
 
 
 # ============================================================================ public API
@@ -453,12 +408,12 @@ def save(estimator: BaseEstimator, path: PathOrFile) -> None:
         If ``estimator`` is not an sklearn_unfold estimator, or holds a parameter or attribute
         the format cannot store (the message names it).
     """
-    enc = _Encoder()
-    body = enc.estimator(estimator, "estimator") if isinstance(estimator, BaseEstimator) else None
-    if body is None:
-        raise TypeError(f"save expects an sklearn_unfold estimator; got {type(estimator)!r}.")
-    member, blob = _tensors_to_bytes(enc.tensors)
     from . import __version__
+
+    if not isinstance(estimator, BaseEstimator):
+        raise TypeError(f"save expects an sklearn_unfold estimator; got {type(estimator)!r}.")
+    body = (enc := _Encoder()).estimator(estimator, "estimator")
+    member, blob = _tensors_to_bytes(enc.tensors)
 
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
               "sklearn_unfold_version": __version__, "class": type(estimator).__name__,
@@ -473,8 +428,7 @@ def save(estimator: BaseEstimator, path: PathOrFile) -> None:
     if hasattr(path, "write"):
         write(path)
         return
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -491,9 +445,8 @@ def load(path: PathOrFile, *, map_location=None) -> BaseEstimator:
     ----------
     path : str, path-like or binary file object
     map_location : str, torch.device or None, default=None
-        Device for every tensor. ``None``: the device each tensor was saved from when it
-        exists here, else the CPU (a model trained on a GPU loads on a CPU-only machine, with
-        a ``UserWarning``).
+        Device for every tensor. ``None``: the one each tensor was saved from when it exists
+        here, else the CPU, with a ``UserWarning`` (a GPU model loads on a CPU-only machine).
 
     Returns
     -------
@@ -503,9 +456,8 @@ def load(path: PathOrFile, *, map_location=None) -> BaseEstimator:
     Raises
     ------
     ValueError
-        If the file is damaged or truncated, is not in this format, has a newer format
-        version, or names a class that is not an sklearn_unfold estimator (or an allowed
-        module / operator / prior class).
+        If the file is damaged, truncated or foreign, has a newer format version, or names
+        a class or function that may not be loaded.
     """
     name = getattr(path, "name", path)
     try:
@@ -527,9 +479,9 @@ def load(path: PathOrFile, *, map_location=None) -> BaseEstimator:
             ValueError, RuntimeError, pickle.UnpicklingError, _SafetensorError) as exc:
         raise ValueError(f"{name!s} is not a readable sklearn-unfold model file (damaged, "
                          f"truncated or another format): {exc}") from exc
-    if sorted(tensors) != sorted(header.get("tensor_keys", [])):
+    if sorted(tensors) != sorted(keys := header.get("tensor_keys", [])):
         raise ValueError(f"{name!s} is damaged: its tensor file holds {len(tensors)} tensors, "
-                         f"its params.json lists {len(header.get('tensor_keys', []))}.")
+                         f"its params.json lists {len(keys)}.")
     body = header.get("estimator")
     if not isinstance(body, dict) or body.get(_TAG) != "estimator":
         raise ValueError(f"{name!s} is damaged: params.json has no estimator entry.")

@@ -295,6 +295,8 @@ class Trainer:
         optimizer = self._make_optimizer(stage.params, self._lr)
         self._best_state = self._snapshot()
         self._best_db = self._validate_db()
+        if not math.isfinite(self._best_db):  # a non-finite start: any finite value improves
+            self._best_db = math.inf
         self._losses: list[float] = []
         self._show()
         bad_checks, recoveries, stop = 0, 0, "max_steps"

@@ -26,7 +26,8 @@ from sklearn_unfold.datasets import BernoulliGaussianPrior, make_compressed_sens
 from sklearn_unfold.estimators._learned_base import resolve_device
 from sklearn_unfold.training import Trainer
 
-# LISTA's ℓ1 weight is given: its "auto" calibration is a state-evolution search, slow for a test
+# LISTA's ℓ1 weight is given below: its "auto" calibration is a state-evolution search, and a
+# larger weight lets the ISTA that LISTA starts from converge quickly; both keep the tests fast.
 FAST = {"batch_size": 100, "random_state": 0, "device": "cpu"}
 
 
@@ -54,7 +55,7 @@ def fitted(small):
     d = small
     return {
         "lamp": LAMPRegressor(A=d["A"], n_layers=4, **FAST).fit(d["Y"], d["X"]),
-        "lista": LISTARegressor(A=d["A"], n_layers=4, alpha=0.02, **FAST).fit(d["Y"], d["X"]),
+        "lista": LISTARegressor(A=d["A"], n_layers=4, alpha=0.1, **FAST).fit(d["Y"], d["X"]),
         "ldvamp": LDVAMPRegressor(A=d["A"], n_layers=4, **FAST).fit(d["Y"], d["X"]),
     }
 
@@ -93,7 +94,7 @@ def test_fitted_attributes_are_readable(fitted):
     assert lista.history_[0]["stage"] == "layer"
 
 
-@pytest.mark.parametrize("cls, kw", [(LAMPRegressor, {}), (LISTARegressor, {"alpha": 0.02}),
+@pytest.mark.parametrize("cls, kw", [(LAMPRegressor, {}), (LISTARegressor, {"alpha": 0.1}),
                                      (LDVAMPRegressor, {"gains": True})])
 def test_tied_has_fewer_parameters(small, cls, kw):
     count = {}
@@ -110,7 +111,9 @@ def test_grid_search_picks_and_refits(small):
     grid.fit(small["Y"], small["X"])
     assert grid.best_params_["n_layers"] == 3
     assert grid.best_estimator_.n_layers_ == 3
-    assert nmse_db(small["Xt"], grid.predict(small["Yt"])) < -10
+    one_layer = [-s for s, p in zip(grid.cv_results_["mean_test_score"], grid.cv_results_["params"],
+                                    strict=True) if p["n_layers"] == 1]
+    assert nmse_db(small["Xt"], grid.predict(small["Yt"])) < min(one_layer) - 3
 
 
 def test_works_in_a_pipeline(small):
@@ -123,7 +126,8 @@ def test_works_in_a_pipeline(small):
 def test_clone_and_pickle_round_trips(small, fitted):
     est = fitted["lamp"]
     fresh = clone(est)
-    assert fresh.get_params() == est.get_params() and not hasattr(fresh, "module_")
+    assert fresh.get_params().keys() == est.get_params().keys()
+    assert np.array_equal(fresh.get_params()["A"], est.A) and not hasattr(fresh, "module_")
     pred = est.predict(small["Yt"])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(small["Yt"]), pred)
     for kind in ("lista", "ldvamp"):
@@ -140,19 +144,21 @@ def test_joblib_round_trip(small, fitted, tmp_path):
 
 
 @pytest.mark.parametrize("cls, kw", [(LAMPRegressor, {"denoiser": "mlp"}),
-                                     (LISTARegressor, {"alpha": 0.02})])
+                                     (LISTARegressor, {"alpha": 0.1})])
 def test_same_random_state_gives_bitwise_equal_predictions(small, cls, kw):
     preds = [cls(A=small["A"], n_layers=2, max_epochs=0.5, **kw, **FAST)
              .fit(small["Y"], small["X"]).predict(small["Yt"]) for _ in range(2)]
     np.testing.assert_array_equal(preds[0], preds[1])
 
 
-def test_huge_learning_rate_rolls_back_and_warns(small):
-    est = LAMPRegressor(A=small["A"], n_layers=3, learning_rate=1e6, max_epochs=1, **FAST)
-    with pytest.warns(ConvergenceWarning, match="non-finite loss"):
+@pytest.mark.parametrize("lr, message", [(1e12, "rolled back"), (1e20, "did not recover")])
+def test_huge_learning_rate_rolls_back_and_warns(small, lr, message):
+    est = LAMPRegressor(A=small["A"], n_layers=3, learning_rate=lr, max_epochs=1, **FAST)
+    with pytest.warns(ConvergenceWarning, match=message):
         est.fit(small["Y"], small["X"])
     assert all(torch.isfinite(p).all() for p in est.module_.parameters())
-    assert np.isfinite(est.predict(small["Yt"])).all()
+    pred = est.predict(small["Yt"])
+    assert np.isfinite(pred).all() and nmse_db(small["Xt"], pred) < -5
 
 
 def test_keyboard_interrupt_leaves_a_usable_estimator(small, monkeypatch):
@@ -226,14 +232,15 @@ def test_random_init_starts_elsewhere(small):
     kw = dict(A=small["A"], n_layers=2, max_epochs=0.1, **FAST)
     analytic = LAMPRegressor(**kw).fit(small["Y"], small["X"])
     random = LAMPRegressor(init="random", **kw).fit(small["Y"], small["X"])
-    assert random.module_.B[0].norm() == pytest.approx(analytic.module_.B[0].norm(), rel=0.05)
+    norms = [float(e.module_.B[0].detach().norm()) for e in (random, analytic)]
+    assert norms[0] == pytest.approx(norms[1], rel=0.05)
     assert not np.allclose(random.module_.B[0].detach(), analytic.module_.B[0].detach(),
                            atol=1e-2)
 
 
 @parametrize_with_checks([
     LAMPRegressor(n_layers=2, max_epochs=2),
-    LISTARegressor(n_layers=2, max_epochs=2, alpha=0.02),
+    LISTARegressor(n_layers=2, max_epochs=2, alpha=0.1),
     LDVAMPRegressor(n_layers=2, max_epochs=2),
 ])
 def test_sklearn_compatible(estimator, check):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import textwrap
 from numbers import Integral, Real
 
 import numpy as np
@@ -69,6 +70,8 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
     _growth_factors: tuple[float, ...] | None = None
     #: Steps between two validation checks.
     _eval_every = 10
+    #: The training engine; a subclass of :class:`~sklearn_unfold.training.Trainer` plugs in here.
+    _trainer_class = Trainer
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -109,7 +112,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             batches = PriorBatches(self.signal_prior_, to_t(self.A_), self.noise_var_,
                                    self.batch_size, rng)
         steps_per_epoch = math.ceil(len(train) / min(self.batch_size, len(train)))
-        trainer = Trainer(
+        trainer = self._trainer_class(
             module, schedule=self.training, curriculum=self.curriculum,
             learning_rate=self.learning_rate, refine_factors=self._refine_factors,
             growth_factors=self._growth_factors,
@@ -207,13 +210,17 @@ COMMON_DOC = """
         its first ``n_layers`` iterations. ``"random"`` redraws the learned matrices at random
         (Gaussian, same Frobenius norm); it is there for comparison and often does not converge.
     training : {{"layerwise", "end_to_end"}}, default="{training}"
-        ``"layerwise"``: greedy growth; switch layer ``t`` on, train its new parameters alone,
-        then refine all layers so far at 0.5× and 0.1× the rate. ``"end_to_end"``: train all
-        layers together, then the same refinements. Every stage stops early on the validation
-        NMSE and ends on its best checkpoint.
+        ``"layerwise"``: greedy growth; for each depth, switch the new layer on and train its
+        parameters alone, then refine all layers so far at {growth} the rate (at the final
+        depth 0.5× then 0.1×). ``"end_to_end"``: train all layers together, then refine at
+        0.5× then 0.1×. Every stage stops early on the validation NMSE and ends on its best
+        checkpoint.
+        {why}
     curriculum : bool, default=True
-        Train on the mean of the per-layer NMSEs first, then anneal to the final layer's NMSE
-        (weights 0, ½, 1 of the final layer over the main stage and the two refinements).
+        Loss curriculum: the mean of the per-layer NMSEs in the end-to-end stage and every
+        refinement but the last, the final layer's NMSE in the last one (layer-wise stages that
+        train a new layer alone use the final layer's NMSE). ``False``: the final layer's NMSE
+        throughout.
     max_epochs : float, default={max_epochs}
         The budget of each training stage, in passes over the training pairs
         (``ceil(max_epochs · n_train / batch_size)`` optimiser steps at most). With
@@ -268,6 +275,8 @@ ATTR_DOC = """
 
 
 def fill_doc(cls, **defaults):
+    """Fill the shared parameter and attribute sections into ``cls``'s docstring."""
+    defaults["why"] = textwrap.fill(defaults["why"], width=88, subsequent_indent=" " * 8)
     cls.__doc__ = cls.__doc__.replace("%COMMON%", COMMON_DOC.format(**defaults)).replace(
         "%ATTRS%", ATTR_DOC)
     return cls

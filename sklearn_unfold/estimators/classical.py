@@ -23,7 +23,7 @@ from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase
 
 _DTYPE = torch.float64
-_N_PROBE = 64
+_N_PROBE = 8
 
 
 class _ClassicalBase(RecoveryEstimatorBase):
@@ -97,7 +97,7 @@ class _ClassicalBase(RecoveryEstimatorBase):
     def n_iter_(self) -> int:
         """Iterations run by the last ``predict`` (the largest over samples).
 
-        After ``fit`` and before any ``predict``: the iterations needed on up to the first 64
+        After ``fit`` and before any ``predict``: the iterations needed on up to the first 8
         training measurements.
         """
         if not hasattr(self, "_predict_stats"):

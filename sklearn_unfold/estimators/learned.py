@@ -62,7 +62,7 @@ class LISTARegressor(LearnedEstimatorBase):
     >>> from sklearn_unfold.datasets import make_compressed_sensing
     >>> Y, X, A = make_compressed_sensing("giid", 400, n_features=64, n_measurements=32,
     ...                                   random_state=0)
-    >>> est = LISTARegressor(A=A, n_layers=4, max_epochs=1, random_state=0).fit(Y, X)
+    >>> est = LISTARegressor(A=A, n_layers=4, alpha=0.1, max_epochs=1, random_state=0).fit(Y, X)
     >>> est.predict(Y).shape
     (400, 64)
     """
@@ -77,8 +77,8 @@ class LISTARegressor(LearnedEstimatorBase):
         "alpha": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(self, A=None, *, n_layers=16, tied=False, variant="cp", support_selection=True,
-                 alpha="auto", init="analytic", training="layerwise", curriculum=True,
+    def __init__(self, A=None, *, variant="cp", support_selection=True, alpha="auto",
+                 n_layers=16, tied=False, init="analytic", training="layerwise", curriculum=True,
                  max_epochs=4, batch_size=500, learning_rate=1e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
@@ -135,10 +135,10 @@ class LAMPRegressor(LearnedEstimatorBase):
 
     ``B_t`` starts at ``Aᵀ``, ``θ_t`` at the fitted AMP's denoiser parameters (``init_estimator_``,
     an :class:`~sklearn_unfold.AMPRegressor`) and the Onsager scale ``c_t`` at 1. The defaults
-    (end-to-end training with the loss curriculum, Adam at 3e-3) reach about −44.5 dB at 10
-    layers on the giid reference problem from 20,000 pairs in well under two minutes on 2 CPU
-    cores; layer-wise training costs about twice as much there for no gain, since the analytic
-    AMP start is already a coherent multi-layer solution.
+    (end-to-end training with the loss curriculum, Adam at 3e-3, at most 5 passes over the pairs
+    per stage) reach about −44.7 dB at 10 layers on the giid reference problem from 20,000
+    pairs in under a minute on 2 CPU threads; with ``signal_prior="bernoulli_gaussian"``, 6
+    layers reach about −36.5 dB (−33.3 dB from the pairs alone, which overfit).
 
     Parameters
     ----------
@@ -174,7 +174,7 @@ class LAMPRegressor(LearnedEstimatorBase):
         "denoiser": [StrOptions(set(LAMP_DENOISERS))],
     }
 
-    def __init__(self, A=None, *, n_layers=10, tied=False, denoiser="bg", init="analytic",
+    def __init__(self, A=None, *, denoiser="bg", n_layers=10, tied=False, init="analytic",
                  training="end_to_end", curriculum=True, max_epochs=5, batch_size=500,
                  learning_rate=3e-3, validation_fraction=0.1, n_iter_no_change=3, tol=0.01,
                  signal_prior=None, noise_var="auto", device="auto", dtype="float32",
@@ -254,7 +254,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         "gains": ["boolean"],
     }
 
-    def __init__(self, A=None, *, n_layers=10, tied=False, denoiser="bg", gains=False,
+    def __init__(self, A=None, *, denoiser="bg", gains=False, n_layers=10, tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=5,
                  batch_size=500, learning_rate=3e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
@@ -312,6 +312,16 @@ def _analytic_theta(denoiser: str, classical) -> np.ndarray:
     return default_theta(denoiser)
 
 
-fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3)
-fill_doc(LAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3)
-fill_doc(LDVAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3)
+fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3,
+         growth="0.5×",
+         why="Layer-wise is the default here: end to end from the ISTA start stalls (giid, 16 "
+             "layers, fresh signals: −32.1 dB end to end, −39.7 dB layer-wise).")
+fill_doc(LAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3,
+         growth="0.5× and 0.1×",
+         why="End to end is the default here: from the analytic AMP start it reaches the same "
+             "NMSE about three times faster (giid, 10 layers, 20,000 pairs: −44.7 dB in 43 s "
+             "end to end, −44.9 dB in 152 s layer-wise, 2 CPU threads).")
+fill_doc(LDVAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3,
+         growth="0.5× and 0.1×",
+         why="End to end is the default here, as for LAMP: the analytic VAMP start is already a "
+             "coherent multi-layer solution.")

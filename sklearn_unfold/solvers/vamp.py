@@ -45,7 +45,7 @@ def vamp_iterates(
     signal_second_moment : float
         ``E[x²]``, the initial precision ``γ2 = 1/E[x²]``.
     svd : (U, s, V), optional
-        Precomputed thin SVD of ``A`` (see :meth:`LinearOperator.svd`).
+        Precomputed thin SVD of ``A`` (see :meth:`~sklearn_unfold.operators.LinearOperator.svd`).
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
     U, s, V = op.svd() if svd is None else svd
