@@ -20,7 +20,7 @@ def test_converged_solution_matches_sklearn_lasso(Est):
     Y, X, A = _small_problem()
     M = A.shape[0]
     alpha = 0.05
-    est = Est(A=A, alpha=alpha, max_iter=200_000, tol=1e-13).fit(Y, X)
+    est = Est(A=A, alpha=alpha, max_iter=20_000, tol=1e-10).fit(Y, X)
     X_hat = est.predict(Y)
     lasso = Lasso(alpha=alpha / M, fit_intercept=False, tol=1e-14, max_iter=1_000_000)
     ref = lasso.fit(A, Y.T).coef_
