@@ -165,7 +165,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         outs, n_iter = [], 0
         for chunk in self._chunks(Y):
             last, steps = None, 0
-            for steps, x in enumerate(self._iterate(chunk), start=1):
+            for steps, x in enumerate(self._iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
                 last = x
             outs.append(self._format_output(last))
             n_iter = max(n_iter, steps)

@@ -57,7 +57,7 @@ class _ClassicalBase(RecoveryEstimatorBase):
         # n_iter_ is available after fit: the iterations needed on (up to) the first
         # _N_PROBE training measurements; every predict then updates it.
         steps = 0
-        for steps, _ in enumerate(self._iterate(Y[:_N_PROBE], warn=False), start=1):
+        for steps, _ in enumerate(self._iterate(Y[:_N_PROBE], warn=False), start=1):  # noqa: B007 (the last value is used after the loop)
             pass
         self._predict_stats = {"n_iter": steps}
         return self

@@ -62,6 +62,6 @@ def amp(Y: Tensor, A, denoiser: DenoiserFn, theta: Tensor, **kwargs) -> tuple[Te
     """Run :func:`amp_iterates` to the end; return ``(X_hat, n_iter)``."""
     report = IterationReport()
     x = None
-    for x in amp_iterates(Y, A, denoiser, theta, report=report, **kwargs):
+    for x in amp_iterates(Y, A, denoiser, theta, report=report, **kwargs):  # noqa: B007 (the last value is used after the loop)
         pass
     return x, report.n_iter

@@ -73,7 +73,7 @@ def ista(Y: Tensor, A, alpha: float, **kwargs) -> tuple[Tensor, int]:
     """Run :func:`ista_iterates` to the end; return ``(X_hat, n_iter)``."""
     report = IterationReport()
     x = None
-    for x in ista_iterates(Y, A, alpha, report=report, **kwargs):
+    for x in ista_iterates(Y, A, alpha, report=report, **kwargs):  # noqa: B007 (the last value is used after the loop)
         pass
     return x, report.n_iter
 

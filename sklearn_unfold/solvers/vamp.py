@@ -75,7 +75,7 @@ def vamp(Y: Tensor, A, denoiser: DenoiserFn, theta: Tensor, noise_var: float,
     """Run :func:`vamp_iterates` to the end; return ``(X_hat, n_iter)``."""
     report = IterationReport()
     x = None
-    for x in vamp_iterates(Y, A, denoiser, theta, noise_var, signal_second_moment,
+    for x in vamp_iterates(Y, A, denoiser, theta, noise_var, signal_second_moment,  # noqa: B007 (the last value is used after the loop)
                            report=report, **kwargs):
         pass
     return x, report.n_iter
