@@ -76,7 +76,7 @@ print(f"ISTA first matches LISTA's 10-layer NMSE after {reach} iterations"
 plt.show()
 
 # %%
-# Before training, the 10-layer LISTA *is* the first 10 ISTA iterations (about −5 dB here).
+# Before training, the 10-layer LISTA *is* the first 10 ISTA iterations (about −3 dB here).
 # After training it reaches the LASSO solution's NMSE at its last layer, a level ISTA only
 # approaches after about 3,000 iterations: a factor of several hundred in depth, hence in
 # computation per recovered signal. The price is the training, and a network tied to this
