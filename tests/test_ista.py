@@ -66,7 +66,7 @@ def test_auto_alpha_reaches_lasso_floor_and_fista_iteration_count(giid):
     est = FISTARegressor(A=giid["A"], max_iter=600, tol=0).fit(giid["Y"], giid["X"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        curve = [nmse_db(giid["Xt"], x) for x in est.staged_predict(giid["Yt"])]
+        curve = [nmse_db(giid["Xt"][:100], x) for x in est.staged_predict(giid["Yt"][:100])]
     assert curve[-1] <= -36.0
     first = next(i + 1 for i, v in enumerate(curve) if v <= -35.0)
     assert 202 * 0.7 <= first <= 202 * 1.3

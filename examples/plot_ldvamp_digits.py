@@ -1,0 +1,101 @@
+"""
+=========================================================
+Learned denoising VAMP on compressively measured digits
+=========================================================
+
+VAMP alternates a linear estimate, which knows the sensing matrix, with a scalar denoiser,
+which encodes what the signals look like. With the Bernoulli-Gaussian shrinkage that
+denoiser assumes sparse signals with Gaussian non-zeros; images of handwritten digits are
+nothing like that. Learned denoising VAMP (LDVAMP) keeps VAMP's structure and learns the
+denoiser from examples: with ``denoiser="mlp"`` a small neural network, applied to every pixel,
+corrects the shrinkage.
+
+The data are scikit-learn's bundled 8×8 digit images (:func:`sklearn.datasets.load_digits`,
+no download), scaled to [0, 1] and measured through a random Gaussian matrix with half as many
+measurements as pixels (``M = 32``, ``N = 64``) at 30 dB SNR. The network has 6 layers and is
+trained for a few hundred optimiser steps on 1,500 images, to stay within the gallery's budget.
+"""
+
+# %%
+# Measuring the digits
+# --------------------
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.linear_model import Ridge
+
+from sklearn_unfold import LDVAMPRegressor, VAMPRegressor, nmse_db
+from sklearn_unfold.operators import gaussian_matrix
+from sklearn_unfold.plotting import NMSECurveDisplay
+
+rng = np.random.RandomState(0)
+X = load_digits().data / 16.0  # 1797 images, 64 pixels in [0, 1]
+X = X[rng.permutation(len(X))]
+n_pixels, n_measurements = X.shape[1], 32
+A = gaussian_matrix(n_measurements, n_pixels, random_state=0)
+clean = X @ A.T
+noise_var = np.mean(clean**2) * 10 ** (-30 / 10)
+Y = clean + np.sqrt(noise_var) * rng.standard_normal(clean.shape)
+X_train, Y_train, X_test, Y_test = X[:1500], Y[:1500], X[1500:], Y[1500:]
+print(f"{len(X_train)} training and {len(X_test)} test images; "
+      f"{np.mean(X_train > 0):.0%} of the pixels are non-zero")
+
+# %%
+# VAMP with a fixed shrinkage, and LDVAMP with a learned denoiser
+# ---------------------------------------------------------------
+# VAMP-bg fits the Bernoulli-Gaussian prior (the fraction of non-zero pixels and their
+# variance) to the training images, then runs its fixed iterations. LDVAMP starts from that
+# same VAMP and trains, per layer, the denoiser network, the shrinkage parameters, the noise
+# precision of the linear stage and the precision corrections.
+vamp = VAMPRegressor(A=A, max_iter=6).fit(Y_train, X_train)
+ldvamp = LDVAMPRegressor(A=A, n_layers=6, denoiser="mlp", max_epochs=20, batch_size=250,
+                         random_state=0).fit(Y_train, X_train)
+
+# %%
+# For reference, the best *linear* map from measurements to images, learned from the same
+# pairs (ridge regression with an intercept). It uses what neither per-pixel denoiser can:
+# the correlations between pixels and their different means (the border pixels of these
+# digits are almost always blank).
+ridge = Ridge(alpha=1e-3).fit(Y_train, X_train)
+ridge_db = nmse_db(X_test, ridge.predict(Y_test))
+
+display = NMSECurveDisplay.from_estimators(
+    {"VAMP-bg (fixed shrinkage)": vamp, "LDVAMP-mlp (learned)": ldvamp}, Y_test, X_test,
+    references={"ridge regression (learned linear map)": ridge_db})
+display.ax_.set_title("digits, 64 pixels, 32 measurements, 30 dB")
+for name, curve in zip(display.names, display.nmse_db, strict=True):
+    print(f"{name}: {curve[-1]:.1f} dB after {curve.size} iterations / layers")
+print(f"ridge regression: {ridge_db:.1f} dB")
+plt.show()
+
+# %%
+# VAMP-bg settles after its first iteration: the Bernoulli-Gaussian shrinkage cannot tell a
+# digit's strokes from noise better than the linear stage alone. The learned denoiser gains
+# about 3 dB over it, layer after layer. Both stay well behind the learned linear map here.
+# That is a limit of *per-pixel* denoising, which sees one pixel at a time and knows neither
+# its position nor its neighbours, not of VAMP: the remedy is a denoiser that sees the whole
+# image (a convolutional denoiser), which this release does not include yet. A longer training
+# changes little: the per-pixel denoiser is close to what it can do.
+#
+# The images
+# ----------
+# Eight test digits, and their reconstructions.
+rows = {"original": X_test, "VAMP-bg": vamp.predict(Y_test),
+        "LDVAMP-mlp": ldvamp.predict(Y_test), "ridge": ridge.predict(Y_test)}
+fig, axes = plt.subplots(len(rows), 8, figsize=(8, 4.4))
+for r, (name, images) in enumerate(rows.items()):
+    for c in range(8):
+        ax = axes[r, c]
+        ax.imshow(images[c].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+fig.suptitle("test digits and their reconstructions from 32 measurements")
+fig.tight_layout()
+plt.show()
+
+# %%
+# VAMP-bg's reconstructions are noisy and have negative pixels (light speckle around the
+# digit is clipped to white here); LDVAMP's learned denoiser has learned that pixels are not
+# negative and cleans much of the background, and the strokes are easier to read. The ridge
+# reconstructions are smoother still.
