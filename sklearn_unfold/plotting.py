@@ -1,7 +1,7 @@
 """Plots in scikit-learn's Display style: NMSE against depth, and a network's training history.
 
 Each display holds the numbers it draws (constructor arguments), draws them with
-:meth:`plot`, and has a ``from_*`` class method that computes them from fitted estimators.
+its ``plot`` method, and has a ``from_*`` class method that computes them from fitted estimators.
 After plotting it exposes ``figure_``, ``ax_`` and the artists it created. matplotlib is
 imported only when something is drawn, so the rest of the package does not need it.
 
