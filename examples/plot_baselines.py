@@ -21,6 +21,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso, OrthogonalMatchingPursuit
 from sklearn.model_selection import cross_val_score
@@ -105,8 +106,11 @@ ax_nmse.bar_label(bars, fmt="%.1f dB", padding=-52, color="white", fontsize="sma
 ax_nmse.set_yticks(ypos, names)
 ax_nmse.invert_yaxis()
 ax_nmse.set_xlabel("test NMSE (dB), lower is better")
-ax_time.barh(ypos, [results[n][1] for n in names], color=colors)
+bars = ax_time.barh(ypos, [results[n][1] for n in names], color=colors)
+ax_time.bar_label(bars, fmt="%.1f ms", padding=3, fontsize="small")
 ax_time.set_xscale("log")
+ax_time.xaxis.set_minor_formatter(NullFormatter())
+ax_time.margins(x=0.25)
 ax_time.set_xlabel("prediction time per signal (ms, log scale)")
 for ax in (ax_nmse, ax_time):
     ax.grid(axis="x", alpha=0.3)

@@ -19,3 +19,14 @@ def _estimators():
 @parametrize_with_checks(_estimators())
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_every_classical_estimator_is_checked():
+    """The learned estimators run the same checks in tests/test_learned_estimators.py."""
+    import sklearn_unfold
+
+    classical = {"ISTARegressor", "FISTARegressor", "AMPRegressor", "VAMPRegressor"}
+    assert classical <= set(sklearn_unfold.__all__)
+    assert {type(est).__name__ for est in _estimators()} == classical
+    learned = {"LISTARegressor", "LAMPRegressor", "LDVAMPRegressor"}
+    assert learned <= set(sklearn_unfold.__all__)
