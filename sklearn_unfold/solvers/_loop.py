@@ -77,7 +77,7 @@ def run_iterations(
         done = (change <= tol) & ~blown
         active[idx[done]] = False
         report.n_iter = t + 1
-        yield state["x"]
+        yield state["x"].clone()  # a fresh tensor: the state is updated in place next iteration
         if not active.any():
             break
     report.n_diverged = int(diverged.sum())
