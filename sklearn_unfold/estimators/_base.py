@@ -162,15 +162,19 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             (``(n_samples,)`` when the training targets were 1-D).
         """
         Y = self._validate_predict_data(X)
-        outs, n_iter = [], 0
+        out, start, n_iter = None, 0, 0
         for chunk in self._chunks(Y):
             last, steps = None, 0
             for steps, x in enumerate(self._iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
                 last = x
-            outs.append(self._format_output(last))
+            block = self._format_output(last)
+            if out is None:  # preallocate, so the output is never held twice (bounded memory)
+                out = np.empty((Y.shape[0],) + block.shape[1:], dtype=np.float64)
+            out[start:start + block.shape[0]] = block
+            start += block.shape[0]
             n_iter = max(n_iter, steps)
         self._set_n_iter(n_iter)
-        return np.concatenate(outs, axis=0)
+        return out
 
     def staged_predict(self, X):
         """Yield the estimate after each iteration (classical) or layer (learned).

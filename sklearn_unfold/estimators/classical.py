@@ -69,9 +69,16 @@ class _ClassicalBase(RecoveryEstimatorBase):
         return torch.from_numpy(np.require(Y, dtype=np.float64, requirements=["C", "W"]))
 
     def _iterate(self, Y: np.ndarray, warn: bool = True):
+        # no_grad per step, not around the yield: a paused generator must not switch autograd
+        # off in the caller's code (interleaved staged_predict calls, a later learned fit).
         report = IterationReport()
-        with torch.no_grad():
-            yield from self._solver_iterates(self._tensor(Y), report)
+        iterates = self._solver_iterates(self._tensor(Y), report)
+        while True:
+            with torch.no_grad():
+                x = next(iterates, None)
+            if x is None:
+                break
+            yield x
         if warn:
             self._warn(report)
 
