@@ -21,13 +21,41 @@ Outside a worker (no ``OMP_NUM_THREADS``) it changes nothing.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["limit_torch_threads", "thread_budget"]
+__all__ = ["in_parallel_worker", "limit_torch_threads", "thread_budget", "warn_if_gpu_shared"]
+
+
+def in_parallel_worker() -> bool:
+    """Whether this code runs as one of several parallel jobs.
+
+    True in a worker process (joblib's ``loky`` or ``multiprocessing`` backends, which is what
+    ``GridSearchCV(n_jobs=k)`` starts) and off the main thread (the ``threading`` backend).
+    """
+    return (multiprocessing.current_process().name != "MainProcess"
+            or threading.current_thread() is not threading.main_thread())
+
+
+def warn_if_gpu_shared(device: torch.device) -> bool:
+    """Warn when a CUDA fit runs as one of several parallel jobs; return whether it warned.
+
+    Parallel jobs on one GPU compete for its memory and serialise on its queue: they run out of
+    memory or go no faster. The rule is one job per GPU (``n_jobs=1`` on a single GPU).
+    """
+    if torch.device(device).type != "cuda" or not in_parallel_worker():
+        return False
+    warnings.warn(
+        f"Training on {device} inside a parallel job (a worker of GridSearchCV(n_jobs>1) or "
+        "joblib): jobs that share one GPU compete for its memory and do not run faster. Use "
+        "n_jobs=1 per GPU, or device='cpu' for CPU-parallel searches.", UserWarning, stacklevel=3)
+    return True
 
 
 def thread_budget() -> int | None:

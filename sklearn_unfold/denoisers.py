@@ -175,18 +175,43 @@ class MLPDenoiser(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, r: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        # The divergence needs autograd even under no_grad; its graph is kept only when the
+        # caller records one (training, or fine-tuning a model left in eval mode).
+        keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             r_in = r if r.requires_grad else r.detach().requires_grad_(True)
             s = sigma.expand_as(r_in)
             feats = torch.stack([r_in / s, torch.log(s.clamp_min(_TINY))], dim=-1)
             value = r_in + self.net(feats).squeeze(-1) * s
-            (grad,) = torch.autograd.grad(value.sum(), r_in, create_graph=self.training)
+            (grad,) = torch.autograd.grad(value.sum(), r_in, create_graph=keep_graph)
+        if not keep_graph:
+            value = value.detach()
         return value, _mean(grad)
 
 
 _DENOISERS: dict[str, DenoiserFn] = {
     "soft": soft, "bg": bg, "pwlin": pwlin, "expo": expo, "spline": spline,
 }
+
+
+def mlp_residual_denoiser(mlp: MLPDenoiser, base: DenoiserFn) -> DenoiserFn:
+    r"""A shrinkage plus a learned per-entry MLP residual (the ``"mlp"`` denoiser of LDVAMP).
+
+    .. math:: η(r; σ, θ) = η_{\mathrm{base}}(r; σ, θ) + \big(η_{\mathrm{mlp}}(r; σ) - r\big),
+              \qquad \langle η'\rangle = \langle η_{\mathrm{base}}'\rangle
+              + \langle η_{\mathrm{mlp}}'\rangle - 1
+
+    :class:`~sklearn_unfold.denoisers.MLPDenoiser` starts at the identity (its last layer is
+    zero), so this denoiser starts exactly at the shrinkage: an MLP-LDVAMP starts at the VAMP it
+    unrolls instead of at an identity denoiser, where VAMP's precision updates degenerate.
+    """
+
+    def denoise(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        value, dmean = base(r, sigma, theta)
+        m_value, m_dmean = mlp(r, sigma)
+        return value + (m_value - r), dmean + (m_dmean - 1.0)
+
+    return denoise
 
 
 def get_denoiser(name: str) -> DenoiserFn:

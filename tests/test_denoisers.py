@@ -126,3 +126,18 @@ def test_unknown_denoiser_raises():
         get_denoiser("nope")
     with pytest.raises(ValueError, match="has no parameter 'zz'"):
         default_theta("soft", zz=1.0)
+
+
+def test_mlp_denoiser_backpropagates_in_eval_mode():
+    """A model left in eval mode can still be fine-tuned: the output keeps its graph."""
+    mlp = MLPDenoiser(hidden=4).eval()
+    with torch.no_grad():
+        mlp.net[-1].weight.fill_(0.1)
+    r = torch.randn(3, 8)
+    sigma = torch.full((3, 1), 0.5)
+    value, dmean = mlp(r, sigma)
+    (value.sum() + dmean.sum()).backward()
+    assert mlp.net[0].weight.grad is not None and mlp.net[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():  # inference: no graph is kept
+        value, dmean = mlp(r, sigma)
+    assert not value.requires_grad and not dmean.requires_grad

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from joblib import Parallel, delayed
 from joblib.externals.loky import get_reusable_executor
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_unfold import AMPRegressor
-from sklearn_unfold._parallel import limit_torch_threads, thread_budget
+from sklearn_unfold._parallel import (
+    in_parallel_worker,
+    limit_torch_threads,
+    thread_budget,
+    warn_if_gpu_shared,
+)
 
 
 @pytest.mark.parametrize("value, expected", [("1", 1), (" 3 ", 3), ("0", None), ("", None),
@@ -52,3 +59,25 @@ def test_grid_search_workers_run_torch_on_their_share_of_cores():
     share = max((os.cpu_count() or 1) // 2, 1)
     threads = {gs.cv_results_[f"split{i}_test_score"][j] for i in range(2) for j in range(2)}
     assert threads == {float(share)}
+
+
+def _worker_report() -> tuple[bool, bool]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warned = warn_if_gpu_shared(torch.device("cuda"))
+    return in_parallel_worker(), warned and any("n_jobs=1 per GPU" in str(w.message)
+                                                for w in caught)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_cuda_inside_parallel_jobs_warns(backend):
+    # The check reads only the device type and where it runs, so it is testable without a GPU.
+    assert not in_parallel_worker()
+    assert not warn_if_gpu_shared(torch.device("cuda"))  # a single job on the main thread
+    reports = Parallel(n_jobs=2, backend=backend)(delayed(_worker_report)() for _ in range(2))
+    assert reports == [(True, True), (True, True)]
+
+
+def test_cpu_inside_parallel_jobs_does_not_warn():
+    assert Parallel(n_jobs=2)(delayed(warn_if_gpu_shared)(torch.device("cpu"))
+                              for _ in range(2)) == [False, False]

@@ -19,6 +19,7 @@ from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
+from .._parallel import warn_if_gpu_shared
 from ..datasets import resolve_prior
 from ..training import PairBatches, PriorBatches, Trainer
 from ._base import RecoveryEstimatorBase
@@ -93,6 +94,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         """
         Y, X = self._validate_fit_data(X, y)
         device, dtype = resolve_device(self.device), _DTYPES[self.dtype]
+        warn_if_gpu_shared(device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         self.init_estimator_ = self._make_init_estimator().fit(Y, X)

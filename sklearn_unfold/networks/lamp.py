@@ -21,11 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..denoisers import DENOISER_PARAMS, MLPDenoiser, default_theta, get_denoiser
+from ..denoisers import (
+    DENOISER_PARAMS,
+    MLPDenoiser,
+    default_theta,
+    get_denoiser,
+    mlp_residual_denoiser,
+)
 from ..operators import DenseOperator
 from ..steps import amp_step
 from ._base import UnrolledNetwork
-from .ldvamp import mlp_residual_denoiser
 
 #: Denoisers a LAMP layer can use: the parameterised shrinkages and a per-entry MLP.
 LAMP_DENOISERS = (*DENOISER_PARAMS, "mlp")
@@ -44,7 +49,7 @@ class LAMPNetwork(UnrolledNetwork):
         One of ``"soft"``, ``"bg"``, ``"pwlin"``, ``"expo"``, ``"spline"``
         (:mod:`sklearn_unfold.denoisers`) or ``"mlp"``: the BG shrinkage plus the residual of a
         small per-entry :class:`~sklearn_unfold.denoisers.MLPDenoiser` per layer
-        (:func:`~sklearn_unfold.networks.ldvamp.mlp_residual_denoiser`), which starts at zero.
+        (:func:`~sklearn_unfold.denoisers.mlp_residual_denoiser`), which starts at zero.
     theta : array-like of shape (n_theta,), optional
         Initial shrinkage parameters of every layer (for ``"mlp"``, the BG part's ``(v, ℓ)``);
         the shrinkage's defaults when omitted.

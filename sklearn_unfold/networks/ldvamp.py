@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..denoisers import DENOISER_PARAMS, DenoiserFn, MLPDenoiser, get_denoiser
+from ..denoisers import DENOISER_PARAMS, MLPDenoiser, get_denoiser, mlp_residual_denoiser
 from ..operators import as_operator
 from ..steps import vamp_step
 from ._base import UnrolledNetwork
@@ -23,26 +23,6 @@ _MIN_NOISE_VAR = 1e-10
 
 def _param(value, dtype, device) -> nn.Parameter:
     return nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device).clone())
-
-
-def mlp_residual_denoiser(mlp: MLPDenoiser, base: DenoiserFn) -> DenoiserFn:
-    r"""A shrinkage plus a learned per-entry MLP residual (the ``"mlp"`` denoiser of LDVAMP).
-
-    .. math:: η(r; σ, θ) = η_{\mathrm{base}}(r; σ, θ) + \big(η_{\mathrm{mlp}}(r; σ) - r\big),
-              \qquad \langle η'\rangle = \langle η_{\mathrm{base}}'\rangle
-              + \langle η_{\mathrm{mlp}}'\rangle - 1
-
-    :class:`~sklearn_unfold.denoisers.MLPDenoiser` starts at the identity (its last layer is
-    zero), so this denoiser starts exactly at the shrinkage: an MLP-LDVAMP starts at the VAMP it
-    unrolls instead of at an identity denoiser, where VAMP's precision updates degenerate.
-    """
-
-    def denoise(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        value, dmean = base(r, sigma, theta)
-        m_value, m_dmean = mlp(r, sigma)
-        return value + (m_value - r), dmean + (m_dmean - 1.0)
-
-    return denoise
 
 
 class LDVAMPNetwork(UnrolledNetwork):
@@ -70,8 +50,8 @@ class LDVAMPNetwork(UnrolledNetwork):
     * ``g_t`` (``gains=True``): per-singular-value gains, initialised at 1;
     * ``η_t``: a parameterised shrinkage of :mod:`~sklearn_unfold.denoisers` with parameters
       ``θ_t`` (initialised at ``theta``), or for ``denoiser="mlp"`` the BG shrinkage plus the
-      residual of an :class:`~sklearn_unfold.denoisers.MLPDenoiser` (:func:`mlp_residual_denoiser`),
-      whose residual starts at zero.
+      residual of an :class:`~sklearn_unfold.denoisers.MLPDenoiser`
+      (:func:`~sklearn_unfold.denoisers.mlp_residual_denoiser`), whose residual starts at zero.
 
     At initialisation the network reproduces the classical VAMP iterates (for ``"mlp"``, those
     of VAMP-bg).
