@@ -85,12 +85,19 @@ def bg(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     """
     var = theta[0].clamp_min(_TINY)
     logit = theta[1]
+    # Per-sample (n, 1) constants first, so that only ~10 passes touch the (n, N) entries
+    # (the denoiser runs in every layer of every network, so its passes bound predict's speed).
     s2 = sigma * sigma
-    pi = bg_posterior_prob(r, sigma, var, logit)
-    g = var / (var + s2)
-    value = pi * g * r
-    dpi = pi * (1.0 - pi) * r * (1.0 / s2 - 1.0 / (var + s2))
-    return value, _mean(g * (pi + r * dpi))
+    vs = var + s2
+    g = var / vs
+    half_c = 0.5 * (1.0 / s2 - 1.0 / vs)
+    # π = sigmoid(a − ℓ − ½ log((v+σ²)/σ²)) with a = ½ r² c, c = 1/σ² − 1/(v+σ²)
+    a = r * r * half_c
+    pi = torch.sigmoid(a - (logit + 0.5 * torch.log(vs / s2)))
+    value = pi * (g * r)
+    # η' = g (π + r π') and r π' = π (1 − π) r² c = 2 π (1 − π) a
+    dmean = g * (_mean(pi) + 2.0 * _mean(pi * (1.0 - pi) * a))
+    return value, dmean
 
 
 def pwlin(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:

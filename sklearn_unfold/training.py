@@ -374,12 +374,7 @@ class Trainer:
         return (1.0 - w) * per_layer.mean() + w * per_layer[-1]
 
     def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        """Adam over ``params``, one group per learning-rate scale the network asks for."""
-        scale = getattr(self.module, "lr_scale", lambda p: 1.0)
-        groups: dict[float, list[nn.Parameter]] = {}
-        for p in params:
-            groups.setdefault(float(scale(p)), []).append(p)
-        return torch.optim.Adam([{"params": ps, "lr": lr * k} for k, ps in groups.items()], lr=lr)
+        return torch.optim.Adam(params, lr=lr)
 
     # ------------------------------------------------------------------ helpers
     def _validate_db(self) -> float:

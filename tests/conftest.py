@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from sklearn_unfold.datasets import make_compressed_sensing
 
@@ -26,3 +27,16 @@ def kappa15():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny problems run fastest, and steadiest on a shared machine, on one torch thread.
+
+    Modules of small-network tests opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)

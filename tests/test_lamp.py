@@ -12,14 +12,7 @@ from sklearn_unfold.networks import LAMPNetwork
 from sklearn_unfold.networks import lamp as lamp_module
 from sklearn_unfold.networks.lamp import LAMP_DENOISERS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

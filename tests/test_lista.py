@@ -14,13 +14,7 @@ N, M = 64, 32
 ALPHA = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread is faster, and much faster on a busy machine."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +29,10 @@ def _nmse_db(x_hat, X):
 
 
 def _train(net, A, n_steps, lr, seed=0, batch=256):
-    """Plain Adam on the final-layer NMSE, fresh Bernoulli-Gaussian signals every step.
-
-    The log-thresholds get the network's own learning-rate scale, as the Trainer gives them.
-    """
+    """Plain Adam on the final-layer NMSE, fresh Bernoulli-Gaussian signals every step."""
     gen = np.random.default_rng(seed)
     A_t = torch.as_tensor(A, dtype=torch.float32)
-    opt = torch.optim.Adam([{"params": [p], "lr": lr * net.lr_scale(p)} for p in net.parameters()])
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(n_steps):
         X = torch.as_tensor((gen.random((batch, N)) < 0.1) * gen.standard_normal((batch, N)),
                             dtype=torch.float32)
@@ -172,20 +163,3 @@ def test_training_improves_on_init(problem, variant, support_selection):
     with torch.no_grad():
         after = _nmse_db(net(Y.float())[-1], X.float())
     assert after < before - 4.0, (before, after)
-
-
-def test_thresholds_stay_positive_and_learn_at_their_own_rate(problem):
-    """Thresholds live on a log scale (never negative) with a larger learning-rate scale."""
-    _, _, A = problem
-    net = LISTANetwork.from_ista(A, ALPHA, 3, variant="cp", threshold_lr_scale=25.0)
-    L = float(np.linalg.norm(A, 2) ** 2)
-    np.testing.assert_allclose(net.layer_summary()["threshold"], ALPHA / L, rtol=1e-5)
-    assert all(net.lr_scale(p) == 25.0 for p in net.log_thresholds)
-    assert all(net.lr_scale(p) == 1.0 for p in net.B)
-    with torch.no_grad():
-        for p in net.log_thresholds:
-            p.fill_(-50.0)  # an extreme value still gives a positive threshold
-    assert (net.layer_summary()["threshold"] > 0).all()
-    # alpha = 0 (least squares) is accepted and starts from a vanishing threshold
-    zero = LISTANetwork.from_ista(A, 0.0, 2, variant="cp")
-    assert (zero.layer_summary()["threshold"] < 1e-10).all()

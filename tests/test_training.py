@@ -12,14 +12,7 @@ from sklearn_unfold.datasets import BernoulliGaussianPrior, make_compressed_sens
 from sklearn_unfold.networks import LAMPNetwork
 from sklearn_unfold.training import PairBatches, PriorBatches, Stage, Trainer, layer_nmse
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems run fastest (and steadiest on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

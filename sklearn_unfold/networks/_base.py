@@ -37,14 +37,6 @@ class UnrolledNetwork(nn.Module):
         """
         raise NotImplementedError
 
-    def lr_scale(self, param: nn.Parameter) -> float:
-        """Factor on the training learning rate for ``param`` (1 unless a network says otherwise).
-
-        A network whose parameters live on very different scales (LISTA's log-thresholds next to
-        its matrices) raises the rate of the ones that would otherwise crawl.
-        """
-        return 1.0
-
     def layer_summary(self) -> dict[str, np.ndarray]:  # pragma: no cover - interface
         """Readable learned per-layer coefficients, e.g. ``{"threshold": array (n_layers,)}``."""
         raise NotImplementedError

@@ -15,8 +15,6 @@ entries of largest magnitude bypass the threshold.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -26,7 +24,6 @@ from ..steps import ista_step, lista_step
 from ._base import UnrolledNetwork
 
 VARIANTS = ("lista", "cp", "alista")
-_MIN_THRESHOLD = 1e-12
 
 
 def support_fraction(t: int) -> float:
@@ -98,11 +95,8 @@ class LISTANetwork(UnrolledNetwork):
     W_analytic : buffer (N, M) or None
         ``Wᵀ`` of ALISTA, stored as the back-projection ``B`` of
         :func:`~sklearn_unfold.steps.ista_step`.
-    log_thresholds : ParameterList of (1,) tensors
-        ``log θ_t``, one per layer. Thresholds are learned on a log scale at
-        ``threshold_lr_scale`` times the training rate: the analytic start ``α/L`` is often a
-        hundred times smaller than what the first layers need, and a linear threshold at Adam's
-        matrix rate crawls there.
+    thresholds : ParameterList of (1,) tensors
+        ``θ_t``, one per layer.
     steps : ParameterList of (1,) tensors
         ``γ_t`` (``"alista"`` only; empty otherwise).
     W, S : ParameterList
@@ -114,8 +108,7 @@ class LISTANetwork(UnrolledNetwork):
 
     def __init__(self, A: Tensor, alpha: float, n_layers: int, *, tied: bool = False,
                  variant: str = "lista", support_selection: bool = False,
-                 threshold_lr_scale: float = 30.0, dtype: torch.dtype = torch.float32,
-                 device=None):
+                 dtype: torch.dtype = torch.float32, device=None):
         super().__init__(n_layers)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
@@ -124,7 +117,6 @@ class LISTANetwork(UnrolledNetwork):
         self.variant = variant
         self.tied = bool(tied)
         self.support_selection = bool(support_selection)
-        self.threshold_lr_scale = float(threshold_lr_scale)
         A64 = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A.detach().cpu(),
                               dtype=torch.float64)
         M, N = A64.shape
@@ -156,15 +148,13 @@ class LISTANetwork(UnrolledNetwork):
             theta0 = self.alpha * gamma0
             self.register_buffer("W_analytic", W.T.contiguous().to(**kw))
             self.steps.extend(_param([gamma0], **kw) for _ in range(self.n_layers))
-        # alpha = 0 (plain least squares) starts from a vanishing threshold on the log scale.
-        self.log_thresholds = nn.ParameterList(
-            _param([math.log(max(theta0, _MIN_THRESHOLD))], **kw) for _ in range(self.n_layers))
+        self.thresholds = nn.ParameterList(
+            _param([theta0], **kw) for _ in range(self.n_layers))
 
     @classmethod
     def from_ista(cls, A, alpha: float, n_layers: int, *, tied: bool = False,
                   variant: str = "lista", support_selection: bool = False,
-                  threshold_lr_scale: float = 30.0, dtype: torch.dtype = torch.float32,
-                  device=None) -> LISTANetwork:
+                  dtype: torch.dtype = torch.float32, device=None) -> LISTANetwork:
         """Build the network whose layers are, at initialisation, the iterations of ISTA.
 
         Parameters
@@ -181,8 +171,6 @@ class LISTANetwork(UnrolledNetwork):
             The layer form (see the class docstring).
         support_selection : bool
             Let the largest ``min(1.2 (t+1), 13) %`` entries of layer ``t`` bypass the threshold.
-        threshold_lr_scale : float
-            Learning-rate factor of the log-thresholds (see :meth:`lr_scale`).
         dtype, device
             Of the parameters and buffers.
 
@@ -191,14 +179,9 @@ class LISTANetwork(UnrolledNetwork):
         LISTANetwork
         """
         return cls(A, alpha, n_layers, tied=tied, variant=variant,
-                   support_selection=support_selection, threshold_lr_scale=threshold_lr_scale,
-                   dtype=dtype, device=device)
+                   support_selection=support_selection, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ helpers
-    def lr_scale(self, param: nn.Parameter) -> float:
-        """``threshold_lr_scale`` for the log-thresholds, 1 for everything else."""
-        return self.threshold_lr_scale if any(param is p for p in self.log_thresholds) else 1.0
-
     def support_frac(self, t: int) -> float:
         """The support-selection fraction of layer ``t`` (0 without support selection)."""
         return support_fraction(t) if self.support_selection else 0.0
@@ -217,7 +200,7 @@ class LISTANetwork(UnrolledNetwork):
         outs = []
         for t in range(self.n_active):
             frac = self.support_frac(t)
-            theta = self.log_thresholds[t].exp()
+            theta = self.thresholds[t]
             if self.variant == "lista":
                 Wy = Wy_tied if Wy_tied is not None else Y @ self.W[t].T
                 if t == 0:
@@ -238,7 +221,7 @@ class LISTANetwork(UnrolledNetwork):
         """Parameters introduced by layer ``t``; tied matrices belong to layer 0."""
         if not 0 <= t < self.n_layers:
             raise IndexError(f"layer {t} out of range for {self.n_layers} layers.")
-        params: list[nn.Parameter] = [self.log_thresholds[t]]
+        params: list[nn.Parameter] = [self.thresholds[t]]
         if self.variant == "alista":
             return params + [self.steps[t]]
         if self.tied:
@@ -252,7 +235,7 @@ class LISTANetwork(UnrolledNetwork):
 
         For ``"lista"`` and ``"cp"`` the step is folded into the learned matrices and reported as 1.
         """
-        theta = np.array([float(p.detach().exp()) for p in self.log_thresholds])
+        theta = np.array([float(p.detach()) for p in self.thresholds])
         if self.variant == "alista":
             step = np.array([float(p.detach()) for p in self.steps])
         else:
