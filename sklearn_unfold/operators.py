@@ -97,6 +97,10 @@ class LinearOperator:
     def to_dense(self) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def residual(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y − A x`` on row batches (``Y − X Aᵀ``); dense operators fuse it into one GEMM."""
+        return y - self.forward(x)
+
     @property
     def n_measurements(self) -> int:
         return self.shape[0]
@@ -131,6 +135,11 @@ class DenseOperator(LinearOperator):
 
     def adjoint(self, v: Tensor) -> Tensor:
         return v @ self.A
+
+    def residual(self, y: Tensor, x: Tensor) -> Tensor:
+        if x.ndim == 2 and y.ndim == 2:
+            return torch.addmm(y, x, self.A.T, alpha=-1.0)
+        return y - self.forward(x)
 
     def to_dense(self) -> Tensor:
         return self.A

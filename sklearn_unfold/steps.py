@@ -58,7 +58,7 @@ def ista_step(
     * LISTA-CP: ``B`` learned (initialised at ``Aᵀ/L``), ``γ = 1``;
     * ALISTA: ``B`` analytic and fixed, ``γ`` and ``θ`` learned per layer.
     """
-    resid = y - op.forward(x)
+    resid = op.residual(y, x)
     back = op.adjoint(resid) if B is None else resid @ B.T
     return shrink(x + step * back, theta, support_frac)
 
@@ -113,7 +113,7 @@ def amp_step(
     Returns ``(x̂_{t+1}, v_t, b_{t+1}, σ_t)``.
     """
     M, N = op.shape
-    v = y - op.forward(x) + onsager * v_prev
+    v = op.residual(y + onsager * v_prev, x)
     sigma = v.norm(dim=-1, keepdim=True) / math.sqrt(M)
     sigma = sigma.clamp_min(_EPS)
     # x + v Bᵀ in one GEMM (its add is fused): one pass fewer over the (n, N) entries

@@ -4,6 +4,7 @@ import torch
 
 from sklearn_unfold.operators import (
     DenseOperator,
+    LinearOperator,
     as_operator,
     bernoulli_matrix,
     conditioned_matrix,
@@ -61,3 +62,26 @@ def test_svd_drops_null_singular_values():
     A = np.vstack([A, A[:2]])  # rank 10, 12 rows
     U, s, V = as_operator(A).svd()
     assert s.numel() == 10
+
+
+def test_residual_matches_its_definition_for_dense_and_generic_operators():
+    """``residual(y, x) = y − A x``: fused for dense matrices, composed for any other operator."""
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(gaussian_matrix(20, 40, random_state=0))
+    X = torch.as_tensor(rng.standard_normal((5, 40)))
+    Y = torch.as_tensor(rng.standard_normal((5, 20)))
+    expected = Y - X @ A.T
+
+    class Wrapped(LinearOperator):  # only forward/adjoint: uses the generic residual
+        shape = (20, 40)
+
+        def forward(self, x):
+            return x @ A.T
+
+        def adjoint(self, v):
+            return v @ A
+
+    for op in (DenseOperator(A), Wrapped()):
+        torch.testing.assert_close(op.residual(Y, X), expected)
+    # a single sample (1-D) falls back to the composed form
+    torch.testing.assert_close(DenseOperator(A).residual(Y[0], X[0]), expected[0])
