@@ -123,7 +123,7 @@ def run_config(name, n_train, n_test, device, seed, peers_cache, overrides=None)
     if problem not in peers_cache:
         peers_cache[problem] = tuned_peers(Y, X, A, Yt)
     for peer_name, peer in peers_cache[problem].items():
-        peer_s, coef = timed(lambda Yq, p=peer: p.fit(A, Yq.T).coef_, Yt, repeat=1)
+        peer_s, coef = timed(lambda Yq, p=peer: p.fit(A, Yq.T).coef_, Yt)  # best of 3, as above
         print(f"  vs {peer_name:<5}: {nmse_db(Xt, coef):7.2f} dB, {1e3 * peer_s / n_test:.2f} "
               f"ms/sample -> learned is {peer_s / pred_s:.0f}x faster, "
               f"{nmse_db(Xt, coef) - staged[-1]:+.1f} dB better")

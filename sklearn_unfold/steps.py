@@ -88,9 +88,9 @@ def fista_momentum(x: Tensor, x_prev: Tensor, s_prev: float) -> tuple[Tensor, fl
 
 
 def amp_step(
-    x: Tensor,
-    v_prev: Tensor,
-    onsager: Tensor,
+    x: Tensor | None,
+    v_prev: Tensor | None,
+    onsager: Tensor | None,
     y: Tensor,
     op: LinearOperator,
     denoiser: DenoiserFn,
@@ -108,16 +108,22 @@ def amp_step(
         b_{t+1} &= c\,(N/M)\,\langle η'(\hat x_t + B v_t;\ σ_t, θ)\rangle
 
     AMP is ``B = Aᵀ`` (``B=None``) and ``c = 1``; LAMP learns ``B``, ``θ`` and ``c`` per layer.
-    Start with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0`` (so ``v_0 = y``).
+    Start with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0`` (so ``v_0 = y``); passing ``x=None``
+    (``v_prev`` and ``onsager`` are then ignored) takes that first step without multiplying by
+    the zero estimate.
 
     Returns ``(x̂_{t+1}, v_t, b_{t+1}, σ_t)``.
     """
     M, N = op.shape
-    v = op.residual(y + onsager * v_prev, x)
+    if x is None:  # x̂_0 = 0: v_0 = y and r_0 = B y
+        v = y
+        r = op.adjoint(v) if B is None else v @ B.T
+    else:
+        v = op.residual(y + onsager * v_prev, x)
+        # x + v Bᵀ in one GEMM (its add is fused): one pass fewer over the (n, N) entries
+        r = x + op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
     sigma = v.norm(dim=-1, keepdim=True) / math.sqrt(M)
     sigma = sigma.clamp_min(_EPS)
-    # x + v Bᵀ in one GEMM (its add is fused): one pass fewer over the (n, N) entries
-    r = x + op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
     x_new, dmean = denoiser(r, sigma, theta)
     return x_new, v, onsager_scale * (N / M) * dmean, sigma
 

@@ -167,14 +167,14 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             last, steps = None, 0
             for steps, x in enumerate(self._iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
                 last = x
-            block = self._format_output(last)
+            block = last.detach().cpu().numpy() if isinstance(last, torch.Tensor) else last
             if out is None:  # preallocate, so the output is never held twice (bounded memory)
                 out = np.empty((Y.shape[0],) + block.shape[1:], dtype=np.float64)
-            out[start:start + block.shape[0]] = block
+            out[start:start + block.shape[0]] = block  # one pass, casting to float64
             start += block.shape[0]
             n_iter = max(n_iter, steps)
         self._set_n_iter(n_iter)
-        return out
+        return out.ravel() if self._target_1d else out
 
     def staged_predict(self, X):
         """Yield the estimate after each iteration (classical) or layer (learned).

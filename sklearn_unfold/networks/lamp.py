@@ -135,10 +135,7 @@ class LAMPNetwork(UnrolledNetwork):
     def forward(self, Y: Tensor) -> list[Tensor]:
         """Run the first :attr:`n_active` layers; return every layer's estimate ``x̂_{t+1}``."""
         op = DenseOperator(self.A)
-        n, N = Y.shape[0], self.A.shape[1]
-        x = Y.new_zeros((n, N))
-        v = torch.zeros_like(Y)
-        b = Y.new_zeros((n, 1))
+        x = v = b = None  # x̂_0 = 0, v_{-1} = 0, b_0 = 0
         outputs = []
         for t in range(self.n_active):
             fn, theta = self._denoise(t)
