@@ -60,6 +60,21 @@ def soft(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return value, gain * _mean(active)
 
 
+def _bg_terms(r: Tensor, sigma: Tensor, var: Tensor, logit: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(π, a, g)`` of the Bernoulli-Gaussian posterior, in ~5 passes over the entries.
+
+    ``a = ½ r² c`` with ``c = 1/σ² − 1/(v+σ²)``, ``π = sigmoid(a − ℓ − ½ log((v+σ²)/σ²))`` and
+    ``g = v/(v+σ²)``: the per-sample ``(n, 1)`` constants are formed first, since the denoiser
+    runs in every layer of every network and its passes bound ``predict``'s speed.
+    """
+    s2 = sigma * sigma
+    vs = var + s2
+    a = r * r * (0.5 * (1.0 / s2 - 1.0 / vs))
+    pi = torch.sigmoid(a - (logit + 0.5 * torch.log(vs / s2)))
+    return pi, a, var / vs
+
+
 def bg_posterior_prob(r: Tensor, sigma: Tensor, var: Tensor, logit: Tensor) -> Tensor:
     r"""Posterior probability ``π(r)`` that an entry is active under the Bernoulli-Gaussian prior.
 
@@ -69,9 +84,7 @@ def bg_posterior_prob(r: Tensor, sigma: Tensor, var: Tensor, logit: Tensor) -> T
 
     computed in the log domain (a sigmoid), so it never overflows.
     """
-    s2 = sigma * sigma
-    z = -logit - 0.5 * torch.log((var + s2) / s2) + 0.5 * r * r * (1.0 / s2 - 1.0 / (var + s2))
-    return torch.sigmoid(z)
+    return _bg_terms(r, sigma, var, logit)[0]
 
 
 def bg(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,21 +96,9 @@ def bg(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
 
     ``theta = (v, ℓ)`` with sparsity rate ``p = 1/(1+e^ℓ)``; ``v`` is clamped to stay positive.
     """
-    var = theta[0].clamp_min(_TINY)
-    logit = theta[1]
-    # Per-sample (n, 1) constants first, so that only ~10 passes touch the (n, N) entries
-    # (the denoiser runs in every layer of every network, so its passes bound predict's speed).
-    s2 = sigma * sigma
-    vs = var + s2
-    g = var / vs
-    half_c = 0.5 * (1.0 / s2 - 1.0 / vs)
-    # π = sigmoid(a − ℓ − ½ log((v+σ²)/σ²)) with a = ½ r² c, c = 1/σ² − 1/(v+σ²)
-    a = r * r * half_c
-    pi = torch.sigmoid(a - (logit + 0.5 * torch.log(vs / s2)))
-    value = pi * (g * r)
-    # η' = g (π + r π') and r π' = π (1 − π) r² c = 2 π (1 − π) a
-    dmean = g * (_mean(pi) + 2.0 * _mean(pi * (1.0 - pi) * a))
-    return value, dmean
+    pi, a, g = _bg_terms(r, sigma, theta[0].clamp_min(_TINY), theta[1])
+    # r π' = π (1 − π) r² c = 2 π (1 − π) a
+    return pi * (g * r), g * (_mean(pi) + 2.0 * _mean(pi * (1.0 - pi) * a))
 
 
 def pwlin(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:

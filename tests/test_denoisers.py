@@ -9,6 +9,7 @@ from sklearn_unfold.denoisers import (
     MLPDenoiser,
     bg,
     bg_mse,
+    bg_posterior_prob,
     bg_theta,
     default_theta,
     get_denoiser,
@@ -141,3 +142,16 @@ def test_mlp_denoiser_backpropagates_in_eval_mode():
     with torch.no_grad():  # inference: no graph is kept
         value, dmean = mlp(r, sigma)
     assert not value.requires_grad and not dmean.requires_grad
+
+
+def test_bg_posterior_prob_matches_the_closed_form():
+    """π(r) = 1 / (1 + (1−p)/p · √((v+σ²)/σ²) · exp(−r²/2 · (1/σ² − 1/(v+σ²)))), in float64."""
+    r = torch.linspace(-3.0, 3.0, 41, dtype=torch.float64)[None, :]
+    sigma = torch.tensor([[0.3]], dtype=torch.float64)
+    var, p = 1.3, 0.15
+    logit = torch.tensor(math.log((1 - p) / p), dtype=torch.float64)
+    s2 = 0.09
+    expected = 1.0 / (1.0 + (1 - p) / p * math.sqrt((var + s2) / s2)
+                      * np.exp(-r.numpy() ** 2 / 2 * (1 / s2 - 1 / (var + s2))))
+    got = bg_posterior_prob(r, sigma, torch.tensor(var, dtype=torch.float64), logit)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
