@@ -9,8 +9,9 @@ Each configuration trains one estimator with its DEFAULT training settings (only
   analytic initialisation (the classical solver it unrolls) at the same depth;
 * the training wall time;
 * the predict throughput against scikit-learn's ``OrthogonalMatchingPursuit`` (best
-  ``n_nonzero_coefs``) and ``Lasso`` (best ``alpha``), both tuned on 200 held-out pairs and timed
-  in the same run on the same test samples.
+  ``n_nonzero_coefs``) and ``Lasso`` (best ``alpha``), both tuned on 200 held-out pairs, and
+  ``OrthogonalMatchingPursuit`` stopped by the residual energy ``M σw²`` (``OMP-tol``), all
+  timed best-of-3 in the same run on the same test samples as the network.
 
 Usage::
 
@@ -18,8 +19,10 @@ Usage::
     python benchmarks/learned.py --configs lamp10 lamp6-prior --device cpu --threads 2
     python benchmarks/learned.py --list
 
-The training budget is each estimator's default (``max_epochs=5`` passes per training stage over
-the 18,000 training pairs, early stopping on the 2,000 held out; see the estimators' docstrings).
+The training budget is each estimator's default (``max_epochs`` passes per training stage over
+the 18,000 training pairs, 5 for LAMP and LDVAMP, 4 for LISTA; early stopping on the 2,000
+held out; see the estimators' docstrings). With ``signal_prior`` the steps draw fresh signals
+instead, and the same number of steps is taken.
 """
 
 from __future__ import annotations
