@@ -128,6 +128,42 @@ def amp_step(
     return x_new, v, onsager_scale * (N / M) * dmean, sigma
 
 
+def vamp_initial_precision(Y: Tensor, s: Tensor, noise_var: float | Tensor,
+                           signal_second_moment: float) -> Tensor:
+    r"""VAMP's starting precision ``γ2 = 1/m̂`` per sample, ``m̂`` estimated from the measurements.
+
+    For a rotationally invariant ``A``, ``E‖Ax‖² = ‖x‖²‖A‖²_F/N``, so each sample's second
+    moment is estimated from its measurement energy,
+
+    .. math::
+        \hat m = \max\Big(\frac{‖y‖² - Mσ_w²}{‖A‖_F^2},\ 10^{-2}\,E[x^2]\Big),
+        \qquad ‖A‖_F^2 = \textstyle\sum_i s_i^2,
+
+    floored at 1 % of the prior's ``E[x²]`` (a measurement of pure noise). The reference VAMP
+    code starts the same way (``‖y‖²/N``); a constant ``1/E[x²]`` for every sample starts
+    signals with more or fewer non-zeros than average at the wrong precision and lags by
+    0.1–0.4 dB at each iteration on the ``giid`` problem.
+
+    Parameters
+    ----------
+    Y : Tensor of shape (n, M)
+    s : Tensor of shape (R,)
+        Singular values of ``A``.
+    noise_var : float or Tensor
+        ``σw²`` (the LMMSE stage's ``1/γw``).
+    signal_second_moment : float
+        The prior's ``E[x²]``.
+
+    Returns
+    -------
+    Tensor of shape (n, 1)
+    """
+    frob2 = (s * s).sum()
+    energy = (Y * Y).sum(dim=-1, keepdim=True) - Y.shape[-1] * noise_var
+    m_hat = (energy / frob2).clamp_min(1e-2 * signal_second_moment)
+    return 1.0 / m_hat
+
+
 def vamp_lmmse(
     r2: Tensor,
     gamma2: Tensor,
@@ -190,7 +226,7 @@ def vamp_step(
 
     Classical VAMP has ``c_1 = c_2 = 1`` and the matched ``γ_w = 1/σ_w²``; LDVAMP learns
     ``γ_w``, the corrections ``c_1, c_2``, the gains and the denoiser per layer.
-    Start from ``r_2 = 0``, ``γ_2 = 1/E[x²]``. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
+    Start from ``r_2 = 0`` and :func:`vamp_initial_precision`. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
     """
     x2, alpha2 = vamp_lmmse(r2, gamma2, Uty, s, V, gamma_w, gain_scale=gain_scale)
     r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)

@@ -314,8 +314,9 @@ class VAMPRegressor(_MessagePassingBase):
         \hat x_1 = η(r_1;\ γ_1^{-1/2}, θ),\quad
         γ_2 = γ_1(1-α_1)/α_1,\quad r_2 = (\hat x_1 - α_1 r_1)/(1-α_1)
 
-    with ``γw = 1/σw²`` and ``α`` the mean derivative of each stage. Starts from ``r2 = 0``,
-    ``γ2 = 1/E[x²]``; ``predict`` returns the denoiser output ``x̂1``. Unlike AMP it stays
+    with ``γw = 1/σw²`` and ``α`` the mean derivative of each stage. Starts from ``r2 = 0`` and
+    ``γ2 = 1/m̂``, ``m̂ = (‖y‖² − Mσw²)/‖A‖²_F`` each signal's second moment estimated from its
+    measurements; ``predict`` returns the denoiser output ``x̂1``. Unlike AMP it stays
     Bayes-optimal for ill-conditioned (right-rotationally invariant) ``A``.
 
     Parameters

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..denoisers import DENOISER_PARAMS, MLPDenoiser, get_denoiser, mlp_residual_denoiser
 from ..operators import as_operator
-from ..steps import vamp_step
+from ..steps import vamp_initial_precision, vamp_step
 from ._base import UnrolledNetwork
 
 _MIN_NOISE_VAR = 1e-10
@@ -39,7 +39,8 @@ class LDVAMPNetwork(UnrolledNetwork):
         &\hat x_1 = η_t(r_1;\ γ_1^{-1/2}), \quad α_1 = \langle η_t'\rangle, \quad
         γ_2^+ = γ_1\frac{1-α_1}{α_1}, \quad r_2^+ = \frac{\hat x_1 - α_1 r_1}{1-α_1}
 
-    and outputs ``x̂1``. The first layer starts from ``r_2 = 0``, ``γ_2 = 1/E[x²]`` as
+    and outputs ``x̂1``. The first layer starts from ``r_2 = 0`` and the per-sample precision of
+    :func:`~sklearn_unfold.steps.vamp_initial_precision`, as
     :func:`~sklearn_unfold.solvers.vamp_iterates` does. Learned per layer:
 
     * ``γ_{w,t} = exp(log_gamma_w[t])``, initialised at ``1/σ_w²`` (Borgerding's LVAMP);
@@ -131,7 +132,8 @@ class LDVAMPNetwork(UnrolledNetwork):
         noise_var : float
             ``σw²``; the initial noise precision is ``1/σw²`` (floored at 1e-10 for noiseless data).
         signal_second_moment : float
-            ``E[x²]``; the first layer starts from ``γ2 = 1/E[x²]``.
+            ``E[x²]``; it floors the first layer's per-sample starting precision
+            (:func:`~sklearn_unfold.steps.vamp_initial_precision`).
         n_layers : int
         tied : bool
             Share the LMMSE stage (and the MLP) across layers.
@@ -165,8 +167,7 @@ class LDVAMPNetwork(UnrolledNetwork):
         n, N = Y.shape[0], self.V.shape[0]
         Uty = Y @ self.U
         r2 = torch.zeros((n, N), dtype=Y.dtype, device=Y.device)
-        gamma2 = torch.full((n, 1), 1.0 / self.signal_second_moment, dtype=Y.dtype,
-                            device=Y.device)
+        gamma2 = vamp_initial_precision(Y, self.s, self.noise_var, self.signal_second_moment)
         outs = []
         for t in range(self.n_active):
             k = self._lmmse_index(t)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..denoisers import DenoiserFn
 from ..operators import LinearOperator, as_operator
-from ..steps import vamp_step
+from ..steps import vamp_initial_precision, vamp_step
 from ._loop import IterationReport, run_iterations
 
 
@@ -33,7 +33,9 @@ def vamp_iterates(
 ) -> Iterator[Tensor]:
     r"""Yield the VAMP denoiser outputs ``x̂1`` after each iteration.
 
-    Starts with the LMMSE stage from ``r2 = 0``, ``γ2 = 1/E[x²]``. With damping ``β < 1`` the
+    Starts with the LMMSE stage from ``r2 = 0`` and ``γ2 = 1/m̂``, each sample's second moment
+    ``m̂`` estimated from its measurement energy
+    (:func:`~sklearn_unfold.steps.vamp_initial_precision`). With damping ``β < 1`` the
     message ``r2`` and the precision ``γ2`` are damped:
     ``r2 ← β r2⁺ + (1−β) r2``, ``γ2 ← (β/√γ2⁺ + (1−β)/√γ2)⁻²``.
     A row whose estimate becomes non-finite is frozen at its last finite iterate.
@@ -43,7 +45,7 @@ def vamp_iterates(
     noise_var : float
         ``σw²``; the LMMSE stage uses ``γw = 1/σw²``.
     signal_second_moment : float
-        ``E[x²]``, the initial precision ``γ2 = 1/E[x²]``.
+        The prior's ``E[x²]``; it floors the per-sample estimate of the initial precision.
     svd : (U, s, V), optional
         Precomputed thin SVD of ``A`` (see :meth:`~sklearn_unfold.operators.LinearOperator.svd`).
     """
@@ -54,7 +56,7 @@ def vamp_iterates(
         "x": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
         "Uty": Y @ U,
         "r2": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
-        "gamma2": torch.full((n, 1), 1.0 / signal_second_moment, dtype=Y.dtype, device=Y.device),
+        "gamma2": vamp_initial_precision(Y, s, noise_var, signal_second_moment),
     }
     gamma_w = 1.0 / noise_var
 
