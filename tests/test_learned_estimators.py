@@ -241,3 +241,40 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def _has_cxx_compiler() -> bool:
+    import shutil
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_predict_equals_eager(small, fitted):
+    est = clone(fitted["lamp"]).set_params(batch_size=300)  # 500 test rows: chunks of 300 and 200
+    est.fit(small["Y"], small["X"])
+    eager = est.predict(small["Yt"])
+    est.set_params(compile=True)
+    before = set(vars(est))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a failed compilation would warn
+        compiled = est.predict(small["Yt"])
+        staged = list(est.staged_predict(small["Yt"][:7]))
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(staged[-1], eager[:7], rtol=1e-4, atol=1e-5)
+    assert len(staged) == est.n_layers_
+    assert set(vars(est)) == before  # nothing cached on the estimator: it still pickles
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(small["Yt"][:7]),
+                                  compiled[:7])
+
+
+def test_failed_compilation_warns_and_predicts_eagerly(small, fitted, monkeypatch):
+    est = fitted["ldvamp"]
+    eager = est.predict(small["Yt"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Compiler: cc not found\nmore details")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    compiled_est = pickle.loads(pickle.dumps(est)).set_params(compile=True)  # a fitted copy
+    with pytest.warns(UserWarning, match=r"compile=True.*RuntimeError: Compiler: cc not found\)"):
+        np.testing.assert_array_equal(compiled_est.predict(small["Yt"]), eager)

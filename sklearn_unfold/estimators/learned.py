@@ -82,7 +82,7 @@ class LISTARegressor(LearnedEstimatorBase):
                  max_epochs=4, batch_size=500, learning_rate=1e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
-                 warm_start=False):
+                 warm_start=False, compile=False):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -105,6 +105,7 @@ class LISTARegressor(LearnedEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.compile = compile
 
     def _make_init_estimator(self):
         return ISTARegressor(A=self.A_, alpha=self.alpha, noise_var=self.noise_var_,
@@ -178,7 +179,7 @@ class LAMPRegressor(LearnedEstimatorBase):
                  training="end_to_end", curriculum=True, max_epochs=5, batch_size=500,
                  learning_rate=3e-3, validation_fraction=0.1, n_iter_no_change=3, tol=0.01,
                  signal_prior=None, noise_var="auto", device="auto", dtype="float32",
-                 random_state=None, verbose=0, warm_start=False):
+                 random_state=None, verbose=0, warm_start=False, compile=False):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -199,6 +200,7 @@ class LAMPRegressor(LearnedEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.compile = compile
 
     def _make_init_estimator(self):
         return AMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
@@ -259,7 +261,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
                  batch_size=500, learning_rate=3e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
-                 warm_start=False):
+                 warm_start=False, compile=False):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -281,6 +283,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.compile = compile
 
     def _make_init_estimator(self):
         return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
