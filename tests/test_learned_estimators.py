@@ -84,7 +84,11 @@ def test_fitted_attributes_are_readable(fitted):
         rec = est.history_[-1]
         assert {"stage", "layer", "steps", "train_loss", "val_nmse_db", "learning_rate"} <= set(rec)
         assert np.isfinite(rec["val_nmse_db"])
-    assert [h["stage"] for h in lamp.history_] == ["end_to_end", "refine", "refine"]
+    # layer-wise growth (the default): new layer, one refinement per intermediate depth, two
+    # refinements at the final depth
+    stages = [(h["stage"], h["layer"]) for h in lamp.history_]
+    assert stages == [("layer", 1), ("refine", 1), ("layer", 2), ("refine", 2), ("layer", 3),
+                      ("refine", 3), ("layer", 4), ("refine", 4), ("refine", 4)]
     assert lista.history_[0]["stage"] == "layer"
 
 

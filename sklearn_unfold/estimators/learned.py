@@ -68,7 +68,6 @@ class LISTARegressor(LearnedEstimatorBase):
     """
 
     #: Layer-wise growth: each new layer alone, then all layers so far at 0.5x the rate.
-    _growth_factors = (0.5,)
 
     _parameter_constraints: dict = {
         **LearnedEstimatorBase._parameter_constraints,
@@ -176,7 +175,7 @@ class LAMPRegressor(LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", n_layers=10, tied=False, init="analytic",
-                 training="end_to_end", curriculum=True, max_epochs=5, batch_size=500,
+                 training="layerwise", curriculum=True, max_epochs=5, batch_size=500,
                  learning_rate=3e-3, validation_fraction=0.1, n_iter_no_change=3, tol=0.01,
                  signal_prior=None, noise_var="auto", device="auto", dtype="float32",
                  random_state=None, verbose=0, warm_start=False, compile=False):
@@ -257,7 +256,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", gains=False, n_layers=10, tied=False,
-                 init="analytic", training="end_to_end", curriculum=True, max_epochs=5,
+                 init="analytic", training="layerwise", curriculum=True, max_epochs=5,
                  batch_size=500, learning_rate=3e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
@@ -319,12 +318,14 @@ fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learni
          growth="0.5×",
          why="Layer-wise is the default here: end to end from the ISTA start stalls (giid, 16 "
              "layers, fresh signals: −32.1 dB end to end, −39.7 dB layer-wise).")
-fill_doc(LAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3,
-         growth="0.5× and 0.1×",
-         why="End to end is the default here: from the analytic AMP start it reaches the same "
-             "NMSE about three times faster (giid, 10 layers, 20,000 pairs: −44.7 dB in 43 s "
-             "end to end, −44.9 dB in 152 s layer-wise, 2 CPU threads).")
-fill_doc(LDVAMPRegressor, n_layers=10, training="end_to_end", max_epochs=5, learning_rate=3e-3,
-         growth="0.5× and 0.1×",
-         why="End to end is the default here, as for LAMP: the analytic VAMP start is already a "
-             "coherent multi-layer solution.")
+fill_doc(LAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
+         growth="0.5×",
+         why="Layer-wise is the default, as the source text recommends. Measured on giid with "
+             "20,000 pairs, 2 CPU threads: 10 layers −44.75 dB in 90 s layer-wise, −44.74 dB in "
+             "36 s end to end; 6 layers with signal_prior −37.01 dB layer-wise, −36.51 dB end to "
+             "end. \"end_to_end\" is the faster choice when the budget is tight.")
+fill_doc(LDVAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
+         growth="0.5×",
+         why="Layer-wise is the default, as the source text recommends; from the analytic VAMP "
+             "start both schedules end at the same NMSE (giid, 6 layers: −38.89 dB layer-wise in "
+             "24 s, −38.88 dB end to end), \"end_to_end\" in fewer steps.")
