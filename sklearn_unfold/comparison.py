@@ -198,9 +198,14 @@ METHODS = MappingProxyType({
     "lasso": Method("sklearn Lasso", lambda d, rs: _TunedLasso(d.A)),
     "omp": Method("sklearn OMP", lambda d, rs: _TunedOMP(d.A)),
     # Learned networks: small budgets that keep the default run to a few minutes on 2 cores.
+    # LAMP and LDVAMP train end to end here (3 stages instead of 21): layer-wise, their default,
+    # made the whole command take 7 min 12 s instead of 4 min 45 s on 2 cores, for −45.18 dB
+    # instead of −44.72 (LAMP) and the same NMSE (LDVAMP).
     "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 30, n_layers=10), learned=True),
-    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, n_layers=10), learned=True),
-    "ldvamp": Method("LDVAMP-bg", _learned("LDVAMPRegressor", 100, n_layers=10), learned=True),
+    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, n_layers=10,
+                                       training="end_to_end"), learned=True),
+    "ldvamp": Method("LDVAMP-bg", _learned("LDVAMPRegressor", 100, n_layers=10,
+                                           training="end_to_end"), learned=True),
 })
 
 
