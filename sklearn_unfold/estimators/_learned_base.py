@@ -289,9 +289,8 @@ COMMON_DOC = """
         network structure; it needs a C++ compiler on the CPU, Triton on CUDA); later calls fuse
         the element-wise passes of the denoisers (for LAMP-bg, 10 layers, on 2 CPU cores:
         15–25 % less time per sample in interleaved runs, less in some single runs; the matrix
-        products are unchanged). Predictions equal
-        the uncompiled ones to float rounding. If compilation fails, a warning says why and the
-        network runs uncompiled."""
+        products are unchanged). Predictions equal the uncompiled ones to float rounding. If
+        compilation fails, a warning says why and the network runs uncompiled."""
 
 ATTR_DOC = """
     module_ : UnrolledNetwork

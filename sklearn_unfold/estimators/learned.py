@@ -67,8 +67,6 @@ class LISTARegressor(LearnedEstimatorBase):
     (400, 64)
     """
 
-    #: Layer-wise growth: each new layer alone, then all layers so far at 0.5x the rate.
-
     _parameter_constraints: dict = {
         **LearnedEstimatorBase._parameter_constraints,
         "variant": [StrOptions(set(VARIANTS))],
@@ -321,7 +319,7 @@ fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learni
 fill_doc(LAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
          why="Layer-wise is the default, as the source text recommends. Measured on giid with "
-             "20,000 pairs, 2 CPU threads: 10 layers −44.75 dB in 90 s layer-wise, −44.74 dB in "
+             "20,000 pairs, 2 CPU threads: 10 layers −44.75 dB in 90–105 s layer-wise, −44.74 dB in "
              "36 s end to end; 6 layers with signal_prior −37.01 dB layer-wise, −36.51 dB end to "
              "end. \"end_to_end\" is the faster choice when the budget is tight.")
 fill_doc(LDVAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
