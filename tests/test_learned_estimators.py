@@ -275,10 +275,15 @@ def test_failed_compilation_warns_and_predicts_eagerly(small, fitted, monkeypatc
     est = fitted["ldvamp"]
     eager = est.predict(small["Yt"])
 
+    calls = []
+
     def broken(*args, **kwargs):
+        calls.append(1)
         raise RuntimeError("Compiler: cc not found\nmore details")
 
     monkeypatch.setattr(torch, "compile", broken)
     compiled_est = pickle.loads(pickle.dumps(est)).set_params(compile=True)  # a fitted copy
     with pytest.warns(UserWarning, match=r"compile=True.*RuntimeError: Compiler: cc not found\)"):
         np.testing.assert_array_equal(compiled_est.predict(small["Yt"]), eager)
+    # 500 rows in chunks of batch_size=100: one failed attempt for the call, not one per chunk
+    assert compiled_est.batch_size < len(small["Yt"]) and len(calls) == 1

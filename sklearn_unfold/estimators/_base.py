@@ -163,9 +163,10 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         """
         Y = self._validate_predict_data(X)
         out, start, n_iter = None, 0, 0
+        iterate = self._chunk_iterator()
         for chunk in self._chunks(Y):
             last, steps = None, 0
-            for steps, x in enumerate(self._iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
+            for steps, x in enumerate(iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
                 last = x
             block = last.detach().cpu().numpy() if isinstance(last, torch.Tensor) else last
             if out is None:  # preallocate, so the output is never held twice (bounded memory)
@@ -192,8 +193,12 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         X_hat : ndarray of shape (n_samples, n_features)
         """
         Y = self._validate_predict_data(X)
-        for x in self._iterate(Y):
+        for x in self._chunk_iterator()(Y):
             yield self._format_output(x)
+
+    def _chunk_iterator(self):
+        """``chunk -> iterates``, made once per ``predict`` call (hook: per-call preparation)."""
+        return self._iterate
 
     def _set_n_iter(self, n_iter: int) -> None:
         """Hook: classical solvers record ``n_iter_``; learned networks have a fixed depth."""

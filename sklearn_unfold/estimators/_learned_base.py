@@ -165,31 +165,41 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         self.coefficients_ = summary
 
     # ------------------------------------------------------------------ predict
-    def _iterate(self, Y: np.ndarray):
+    def _iterate(self, Y: np.ndarray, forward=None):
         ref = next(self.module_.buffers())
         Yt = torch.as_tensor(np.require(Y, requirements=["C", "W"]), dtype=ref.dtype).to(ref.device)
         with torch.no_grad():
-            outputs = self._compiled_forward(Yt) if self.compile else None
-            if outputs is None:
-                outputs = self.module_(Yt)
+            outputs = (forward or self.module_)(Yt)
         yield from outputs
 
-    def _compiled_forward(self, Yt: torch.Tensor):
-        """The network's outputs through ``torch.compile``, or None (with a warning) if it fails.
+    def _chunk_iterator(self):
+        """With ``compile``, every chunk of one call goes through one ``torch.compile`` wrapper.
 
         Nothing is stored on the estimator: PyTorch caches the compiled code per process, keyed
-        on the module's code and guarded on its structure, so a new wrapper on every call costs
-        nothing after the first compilation. ``dynamic=True`` serves every chunk size with one
-        compilation.
+        on the module's code and guarded on its structure, so later calls reuse it;
+        ``dynamic=True`` serves every chunk size with one compilation. If compiling fails, one
+        warning says why and the rest of the call runs uncompiled (no retry per chunk).
         """
-        try:
-            return torch.compile(self.module_, dynamic=True)(Yt)
-        except Exception as exc:  # a missing C++ compiler or Triton, an unsupported platform
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
-                          f"({type(exc).__name__}: {first_line[:200]}); predicting without it.",
-                          UserWarning, stacklevel=4)
-            return None
+        if not self.compile:
+            return self._iterate
+        compiled, failed = None, False
+
+        def forward(Yt: torch.Tensor):
+            nonlocal compiled, failed
+            if not failed:
+                try:
+                    if compiled is None:  # lazy: compiles on its first call
+                        compiled = torch.compile(self.module_, dynamic=True)
+                    return compiled(Yt)
+                except Exception as exc:  # a missing C++ compiler or Triton, an unsupported platform
+                    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
+                                  f"({type(exc).__name__}: {first_line[:200]}); predicting "
+                                  "without it.", UserWarning, stacklevel=5)
+                    failed = True
+            return self.module_(Yt)
+
+        return lambda Y: self._iterate(Y, forward)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self):
