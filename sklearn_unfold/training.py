@@ -15,6 +15,10 @@ The recipe (ALGORITHMS.md, "Training"):
 * **loss curriculum**: the loss is ``(1 − w) · mean_l NMSE_l + w · NMSE_last`` over the layers
   that run, with ``w`` going from 0 (mean of the per-layer losses) to 1 (final layer) across the
   refinement stages; ``curriculum=False`` keeps ``w = 1``;
+* **calibration**: when a layer joins (and, end to end, for every layer before training),
+  a network that supports it fits that layer's scalars to a few training batches first
+  (:meth:`~sklearn_unfold.networks.UnrolledNetwork.calibrate_layer`; learned ISTA fits its
+  step and threshold); ``calibrate=False`` skips it;
 * every stage is stopped early by the validation NMSE of the last active layer (checked every
   ``eval_every`` steps, ``n_iter_no_change`` checks without an improvement of ``tol`` dB) and
   ends on its best validation checkpoint.
@@ -166,6 +170,15 @@ class Trainer:
         Show a tqdm progress bar with the stage, the layer and the validation NMSE in dB.
     eval_batch_size : int, default=1024
         Chunk size of the validation forward passes.
+    growth_factors : sequence of float, optional
+        Refinement multipliers after each intermediate depth of layer-wise training (default:
+        ``refine_factors``).
+    log_loss : bool, default=False
+        Train on the log of the loss.
+    calibrate : bool, default=True
+        Let the network fit each new layer to training data before its first stage (see
+        above); drawn from ``calibration_samples`` samples (whole batches).
+    calibration_samples : int, default=2048
 
     Attributes
     ----------
@@ -180,13 +193,17 @@ class Trainer:
         Whether a ``KeyboardInterrupt`` ended training.
     gave_up_ : bool
         Whether training ended early because a stage could not recover.
+    calibration_ : list of dict
+        What :meth:`~sklearn_unfold.networks.UnrolledNetwork.calibrate_layer` returned, one
+        per calibrated layer (empty when the network does not calibrate).
     """
 
     def __init__(self, module, *, schedule: str = "layerwise", curriculum: bool = True,
                  learning_rate: float = 1e-3, refine_factors: Sequence[float] = (0.5, 0.1, 0.01),
                  max_steps: int = 100, n_iter_no_change: int = 3, tol: float = 0.01,
                  eval_every: int = 10, max_recoveries: int = 4, verbose: int = 0,
-                 eval_batch_size: int = 1024, growth_factors=None, log_loss=False):
+                 eval_batch_size: int = 1024, growth_factors=None, log_loss=False,
+                 calibrate: bool = True, calibration_samples: int = 2048):
         if schedule not in ("layerwise", "end_to_end"):
             raise ValueError(f"schedule must be 'layerwise' or 'end_to_end'; got {schedule!r}.")
         self.module = module
@@ -202,6 +219,9 @@ class Trainer:
         self.verbose = verbose
         self.eval_batch_size = int(eval_batch_size)
         self.log_loss = log_loss
+        self.calibrate = bool(calibrate)
+        self._start_layer = 0
+        self.calibration_samples = max(1, int(calibration_samples))
         self.growth_factors = (self.refine_factors if growth_factors is None
                                else tuple(float(f) for f in growth_factors))
 
@@ -229,6 +249,8 @@ class Trainer:
         self.batches, self.validation = batches, validation
         self.history_ = [] if history is None else history
         self.n_faults_, self.interrupted_, self.gave_up_ = 0, False, False
+        self.calibration_: list[dict] = []
+        self._start_layer = start_layer
         stages = list(self._plan(start_layer))
         self._stage, self._steps, self._lr, self._losses = stages[0], 0, stages[0].lr, []
         self._best_state, self._best_db = self._snapshot(), float("nan")
@@ -287,6 +309,7 @@ class Trainer:
     def _fit_stage(self, stage: Stage) -> bool:
         """Train one stage to early stopping; return ``False`` when training must end."""
         self._stage, self._steps = stage, 0
+        self._calibrate_for(stage)
         self.module.n_active = stage.layer + 1
         trained = {id(p) for p in stage.params}
         for p in self.module.parameters():  # frozen layers build no graph: cheaper steps
@@ -334,6 +357,31 @@ class Trainer:
         self._restore(self._best_state)
         self._record(stage, self._steps, stop)
         return stop != "fault"
+
+    def _calibrate_for(self, stage: Stage) -> None:
+        """Calibrate the layers that ``stage`` trains for the first time (new layers only)."""
+        if not (self.calibrate and getattr(self.module, "calibrates", False)):
+            return
+        if stage.name == "layer":
+            layers = [stage.layer] if stage.layer >= self._start_layer else []
+        elif stage.name == "end_to_end":
+            layers = list(range(self._start_layer, stage.layer + 1))
+        else:
+            return
+        if not layers:
+            return
+        Ys, Xs, n = [], [], 0
+        while n < self.calibration_samples:
+            Y, X = self.batches()
+            Ys.append(Y)
+            Xs.append(X)
+            n += Y.shape[0]
+        Y, X = torch.cat(Ys), torch.cat(Xs)
+        self.module.eval()
+        for t in layers:
+            record = self.module.calibrate_layer(t, Y, X)
+            if record is not None:
+                self.calibration_.append(record)
 
     def _guarded_step(self, optimizer, Y: Tensor, X: Tensor, stage: Stage) -> float:
         """:meth:`_train_step`, with out-of-memory errors turned into a clear message."""

@@ -1,6 +1,7 @@
-"""Scalar state evolution of soft-threshold AMP, used to pick analytic parameters.
+"""Picking shrinkage parameters: AMP's scalar state evolution, and a data fit for one step.
 
-For i.i.d. Gaussian ``A``, AMP's effective noise variance obeys
+**State evolution** (the analytic thresholds of the classical solvers). For i.i.d. Gaussian
+``A``, AMP's effective noise variance obeys
 ``τ²_{t+1} = σw² + (N/M)·E[(soft(X + τ_t Z; λτ_t) − X)²]``, ``X`` from the prior, ``Z ~ N(0, 1)``.
 For a Bernoulli-Gaussian ``X`` the expectation has a closed form: with ``r ~ N(0, s²)``,
 ``a = θ/s`` and ``Q`` the Gaussian tail,
@@ -10,13 +11,20 @@ For a Bernoulli-Gaussian ``X`` the expectation has a closed form: with ``r ~ N(0
     E[r\\,\\mathrm{soft}(r;θ)] = 2 s^2 Q(a),
 
 and ``E[x | r] = v r / (v + τ²)`` on the active part.
+
+**A data fit** (:func:`fit_step_threshold`): the step and threshold of one shrinkage step that
+fit training pairs best, which learned ISTA uses to start each new layer.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+import torch
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import ndtr
+from torch import Tensor
+
+from .steps import shrink
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 
@@ -93,3 +101,81 @@ def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: 
     tau2 = float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0])
     rate = float(soft_active_rate(tau2, lam, sparsity, var))
     return float(lam * np.sqrt(tau2) * max(1.0 - rate / ratio, 1e-3))
+
+
+@torch.no_grad()
+def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float, *,
+                       support_frac: float = 0.0, tune_step: bool = True,
+                       max_samples: int = 2048) -> dict[str, float]:
+    r"""The step ``γ`` and threshold ``θ`` of one shrinkage step that fit the data best.
+
+    .. math:: (γ, θ) = \arg\min_{γ, θ > 0}
+              \big\|\,\mathrm{shrink}(x + γ\,u;\ θ) - x^\star\big\|_F^2
+
+    with ``shrink`` the soft threshold with optional support selection
+    (:func:`~sklearn_unfold.steps.shrink`). Learned ISTA uses it when a layer joins the network:
+    ``u`` is the layer's update at its current weights, so the search rescales the step and
+    sets the threshold in one go, where Adam would need hundreds of steps to move them that far.
+
+    The search is a coarse grid (steps ``γ`` from ``1/4`` to ``8``; thresholds at quantiles of
+    ``|x + γu|`` and ``θ0``), then Nelder-Mead in ``(log γ, log θ)`` from the best grid point.
+    The start ``(1, θ0)`` is among the candidates, so the result is never worse than it on
+    these samples.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, N)
+        The layer's input estimate.
+    update : Tensor of shape (n, N)
+        ``u``: the layer's pre-threshold output minus ``x`` at step 1.
+    target : Tensor of shape (n, N)
+        The true signals.
+    theta0 : float
+        The current threshold.
+    support_frac : float, default=0.0
+        Fraction of entries per row that bypass the threshold.
+    tune_step : bool, default=True
+        Search ``γ`` too; ``False`` keeps ``γ = 1`` and fits ``θ`` alone.
+    max_samples : int, default=2048
+        Rows used (the first ones).
+
+    Returns
+    -------
+    dict
+        ``step`` (``γ``), ``threshold`` (``θ``), ``nmse_db_before`` (at ``(1, θ0)``) and
+        ``nmse_db_after``, on the rows used.
+    """
+    x, u, X = x[:max_samples], update[:max_samples], target[:max_samples]
+    energy = float((X * X).sum().clamp_min(torch.finfo(X.dtype).tiny))
+    tiny = float(torch.finfo(x.dtype).tiny) ** 0.5
+
+    def nmse(step: float, theta: float) -> float:
+        th = torch.full((1,), max(theta, 0.0), dtype=x.dtype, device=x.device)
+        err = float(((shrink(x + step * u, th, support_frac) - X) ** 2).sum()) / energy
+        return err if np.isfinite(err) else np.inf
+
+    theta0 = max(float(theta0), tiny)
+    best = (nmse(1.0, theta0), 1.0, theta0)
+    before = best[0]
+    steps = np.geomspace(0.25, 8.0, 11) if tune_step else np.ones(1)
+    levels = torch.tensor([0.5, 0.7, 0.8, 0.9, 0.95, 0.98], dtype=x.dtype, device=x.device)
+    for step in steps:
+        quant = torch.quantile((x + float(step) * u).abs().flatten(), levels).tolist()
+        for theta in [theta0, *quant]:
+            err = nmse(float(step), max(theta, tiny))
+            if err < best[0]:
+                best = (err, float(step), max(theta, tiny))
+
+    def objective(p: np.ndarray) -> float:
+        step = float(np.exp(p[0])) if tune_step else 1.0
+        return nmse(step, float(np.exp(p[-1])))
+
+    start = np.log([best[1], best[2]] if tune_step else [best[2]])
+    res = minimize(objective, start, method="Nelder-Mead",
+                   options={"xatol": 1e-3, "fatol": 1e-7, "maxfev": 150})
+    if res.fun < best[0]:
+        best = (float(res.fun), float(np.exp(res.x[0])) if tune_step else 1.0,
+                float(np.exp(res.x[-1])))
+    to_db = lambda e: 10.0 * np.log10(max(e, 1e-300))  # noqa: E731
+    return {"step": best[1], "threshold": best[2], "nmse_db_before": to_db(before),
+            "nmse_db_after": to_db(best[0])}

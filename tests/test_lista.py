@@ -163,3 +163,53 @@ def test_training_improves_on_init(problem, variant, support_selection):
     with torch.no_grad():
         after = _nmse_db(net(Y.float())[-1], X.float())
     assert after < before - 4.0, (before, after)
+
+
+def _soft_np(r, theta):
+    return np.sign(r) * np.maximum(np.abs(r) - theta, 0.0)
+
+
+@pytest.mark.parametrize("variant", ["lista", "cp", "alista"])
+@pytest.mark.parametrize("t", [0, 2])
+def test_calibrate_layer_takes_the_fitted_step_exactly(problem, variant, t):
+    """After calibration, layer t computes soft(x_t + γ u; θ) with the reported γ, θ, where u is
+    the layer's ISTA update at the start, computed here in numpy; and the fit beats the start."""
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 4, variant=variant, dtype=torch.float64)
+    with torch.no_grad():
+        x = net(Y)[t - 1].numpy() if t > 0 else np.zeros(X.shape)
+    if variant == "alista":
+        u = float(net.steps[t]) * (Y.numpy() - x @ A.T) @ net.W_analytic.numpy().T
+    else:
+        u = (Y.numpy() - x @ A.T) @ A / net.lipschitz
+    fit = net.calibrate_layer(t, Y, X)
+    assert fit["layer"] == t + 1 and fit["step"] != 1.0
+    assert fit["nmse_db_after"] < fit["nmse_db_before"] - 0.5
+    assert float(net.thresholds[t].detach()) == pytest.approx(fit["threshold"])
+    with torch.no_grad():
+        out = net(Y)[t].numpy()
+    np.testing.assert_allclose(out, _soft_np(x + fit["step"] * u, fit["threshold"]), atol=1e-9)
+    err = 10 * np.log10(((out - X.numpy()) ** 2).sum() / (X.numpy() ** 2).sum())
+    assert err == pytest.approx(fit["nmse_db_after"], abs=1e-6)
+
+
+def test_calibration_is_near_a_brute_force_grid_search(problem):
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 2, variant="cp", dtype=torch.float64)
+    fit = net.calibrate_layer(0, Y, X)
+    r0 = Y.numpy() @ A / net.lipschitz
+    Xn = X.numpy()
+    best = min(((_soft_np(g * r0, th) - Xn) ** 2).sum() / (Xn**2).sum()
+               for g in np.geomspace(0.5, 16, 60) for th in np.geomspace(1e-3, 3, 60))
+    assert fit["nmse_db_after"] <= 10 * np.log10(best) + 0.02
+
+
+@pytest.mark.parametrize("variant", ["lista", "cp"])
+def test_tied_calibration_fits_the_threshold_only(problem, variant):
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 3, variant=variant, tied=True, dtype=torch.float64)
+    mats = [p.detach().clone() for p in [*net.W, *net.S, *net.B]]
+    fit = net.calibrate_layer(1, Y, X)
+    assert fit["step"] == 1.0 and fit["nmse_db_after"] <= fit["nmse_db_before"]
+    for p, q in zip([*net.W, *net.S, *net.B], mats, strict=True):
+        assert torch.equal(p, q)

@@ -9,7 +9,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_unfold.datasets import BernoulliGaussianPrior, make_compressed_sensing
-from sklearn_unfold.networks import LAMPNetwork
+from sklearn_unfold.networks import LAMPNetwork, LISTANetwork
 from sklearn_unfold.training import PairBatches, PriorBatches, Stage, Trainer, layer_nmse
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -211,3 +211,30 @@ def test_verbose_shows_stage_layer_and_nmse(problem, capsys):
                 verbose=1).fit(train, val)
     err = capsys.readouterr().err
     assert "end_to_end layer 2/2" in err and "dB" in err
+
+
+def _lista(A, n_layers=3):
+    return LISTANetwork.from_ista(A, 0.05, n_layers, variant="cp", support_selection=True)
+
+
+def test_new_layers_are_calibrated_once_before_training(problem):
+    A, train, val = problem
+    tr = Trainer(_lista(A), refine_factors=(0.5,), max_steps=3).fit(train, val)
+    assert [c["layer"] for c in tr.calibration_] == [1, 2, 3]
+    assert all(c["nmse_db_after"] <= c["nmse_db_before"] for c in tr.calibration_)
+    # a warm start from layer 2 calibrates only the layers it adds
+    warm = Trainer(tr.module, refine_factors=(0.5,), max_steps=3).fit(train, val, start_layer=2)
+    assert [c["layer"] for c in warm.calibration_] == [3]
+    # end to end calibrates every layer up front
+    e2e = Trainer(_lista(A), schedule="end_to_end", refine_factors=(), max_steps=3)
+    assert [c["layer"] for c in e2e.fit(train, val).calibration_] == [1, 2, 3]
+
+
+def test_calibration_can_be_switched_off_and_is_a_no_op_for_lamp(problem):
+    A, train, val = problem
+    net = _lista(A, 2)
+    start = net.thresholds[0].detach().clone()
+    tr = Trainer(net, refine_factors=(), max_steps=1, learning_rate=1e-12,
+                 calibrate=False).fit(train, val)
+    assert tr.calibration_ == [] and float(net.thresholds[0].detach()) == pytest.approx(float(start))
+    assert Trainer(_net(A), refine_factors=(), max_steps=2).fit(train, val).calibration_ == []

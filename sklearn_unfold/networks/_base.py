@@ -13,8 +13,12 @@ class UnrolledNetwork(nn.Module):
     unrolls (:mod:`sklearn_unfold.steps`) with its own free parameters. Layer-wise training grows
     the network one layer at a time through :attr:`n_active`.
 
-    Subclasses implement :meth:`forward`, :meth:`layer_parameters` and :meth:`layer_summary`.
+    Subclasses implement :meth:`forward`, :meth:`layer_parameters` and :meth:`layer_summary`;
+    they may implement :meth:`calibrate_layer` (and set :attr:`calibrates`).
     """
+
+    #: Whether :meth:`calibrate_layer` does anything (the trainer only draws data for it then).
+    calibrates = False
 
     def __init__(self, n_layers: int):
         super().__init__()
@@ -40,3 +44,12 @@ class UnrolledNetwork(nn.Module):
     def layer_summary(self) -> dict[str, np.ndarray]:  # pragma: no cover - interface
         """Readable learned per-layer coefficients, e.g. ``{"threshold": array (n_layers,)}``."""
         raise NotImplementedError
+
+    def calibrate_layer(self, t: int, Y: Tensor, X: Tensor) -> dict | None:
+        """Set layer ``t``'s parameters from training pairs before it is trained (a hook).
+
+        Called by the trainer when layer ``t`` joins the network (every layer before it is
+        already in place). The default keeps the analytic initialisation and returns ``None``;
+        an implementation returns a dict that describes what it set.
+        """
+        return None
