@@ -179,7 +179,7 @@ def test_calibrate_layer_takes_the_fitted_step_exactly(problem, variant, t):
     with torch.no_grad():
         x = net(Y)[t - 1].numpy() if t > 0 else np.zeros(X.shape)
     if variant == "alista":
-        u = float(net.steps[t]) * (Y.numpy() - x @ A.T) @ net.W_analytic.numpy().T
+        u = float(net.steps[t].detach()) * (Y.numpy() - x @ A.T) @ net.W_analytic.numpy().T
     else:
         u = (Y.numpy() - x @ A.T) @ A / net.lipschitz
     fit = net.calibrate_layer(t, Y, X)
@@ -213,3 +213,16 @@ def test_tied_calibration_fits_the_threshold_only(problem, variant):
     assert fit["step"] == 1.0 and fit["nmse_db_after"] <= fit["nmse_db_before"]
     for p, q in zip([*net.W, *net.S, *net.B], mats, strict=True):
         assert torch.equal(p, q)
+
+
+def test_tied_first_layer_rescales_the_shared_step_for_every_layer(problem):
+    """Tied Gregor-LeCun LISTA: the first layer's fitted γ also becomes the step of the later
+    layers, x + γ(Aᵀ/L)(y − Ax), through W ← γW and S ← (1−γ)I + γS."""
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 3, variant="lista", tied=True, dtype=torch.float64)
+    fit = net.calibrate_layer(0, Y, X)
+    assert fit["step"] != 1.0
+    with torch.no_grad():
+        x1, x2 = (out.numpy() for out in net(Y)[:2])
+    r = x1 + fit["step"] * (Y.numpy() - x1 @ A.T) @ A / net.lipschitz
+    np.testing.assert_allclose(x2, _soft_np(r, float(net.thresholds[1].detach())), atol=1e-9)

@@ -235,7 +235,8 @@ class LISTANetwork(UnrolledNetwork):
         are far from what a layer of a short network wants (on the giid reference problem the
         first layer goes from −1.3 to −3.8 dB at ``γ ≈ 4.8``, ``θ ≈ 0.55``), and Adam moves
         a scalar by about its learning rate per step. Tied matrices are shared by every layer,
-        so with ``tied=True`` only ``θ_t`` is fitted (ALISTA still fits ``γ_t``).
+        so with ``tied=True`` only ``θ_t`` is fitted after the first layer (ALISTA still fits
+        ``γ_t``).
 
         Returns
         -------
@@ -249,23 +250,26 @@ class LISTANetwork(UnrolledNetwork):
         self.n_active = active
         zero = torch.zeros_like(self.thresholds[t])
         update = self._layer(t, x, Y, zero) - x
-        tune_step = self.variant == "alista" or not self.tied
+        tune_step = self.variant == "alista" or not self.tied or t == 0
         fit = fit_step_threshold(x, update, X, float(self.thresholds[t]),
                                  support_frac=self.support_frac(t), tune_step=tune_step)
-        gamma = fit["step"]
-        if tune_step and gamma != 1.0:
-            if self.variant == "alista":
-                self.steps[t].mul_(gamma)
-            elif self.variant == "cp":
-                self.B[t].mul_(gamma)
-            else:
-                self.W[t].mul_(gamma)
-                if t > 0:
-                    S = self.S[t - 1]
-                    S.mul_(gamma).add_(torch.eye(S.shape[0], dtype=S.dtype, device=S.device),
-                                       alpha=1.0 - gamma)
+        if tune_step and fit["step"] != 1.0:
+            self._rescale_step(t, fit["step"])
         self.thresholds[t].fill_(fit["threshold"])
         return {"layer": t + 1, **fit}
+
+    def _rescale_step(self, t: int, gamma: float) -> None:
+        """Make layer ``t`` (and, tied, every layer) take ``γ`` times its current step."""
+        if self.variant == "alista":
+            self.steps[t].mul_(gamma)
+        elif self.variant == "cp":
+            self._mat(self.B, t).mul_(gamma)
+        else:  # W ← γW, S ← (1−γ)I + γS: x + γ(Wy + Sx − x)
+            self._mat(self.W, t).mul_(gamma)
+            S = self.S[0] if (self.tied and len(self.S)) else (self.S[t - 1] if t > 0 else None)
+            if S is not None:
+                eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
+                S.mul_(gamma).add_(eye, alpha=1.0 - gamma)
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters introduced by layer ``t``; tied matrices belong to layer 0."""
