@@ -178,7 +178,7 @@ class Trainer:
     calibrate : bool, default=True
         Let the network fit each new layer to training data before its first stage (see
         above); drawn from ``calibration_samples`` samples (whole batches).
-    calibration_samples : int, default=2048
+    calibration_samples : int, default=1024
 
     Attributes
     ----------
@@ -203,7 +203,7 @@ class Trainer:
                  max_steps: int = 100, n_iter_no_change: int = 3, tol: float = 0.01,
                  eval_every: int = 10, max_recoveries: int = 4, verbose: int = 0,
                  eval_batch_size: int = 1024, growth_factors=None, log_loss=False,
-                 calibrate: bool = True, calibration_samples: int = 2048):
+                 calibrate: bool = True, calibration_samples: int = 1024):
         if schedule not in ("layerwise", "end_to_end"):
             raise ValueError(f"schedule must be 'layerwise' or 'end_to_end'; got {schedule!r}.")
         self.module = module

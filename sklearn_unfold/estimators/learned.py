@@ -37,7 +37,7 @@ class LISTARegressor(LearnedEstimatorBase):
     ``variant="lista"`` is Gregor-LeCun's ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)`` and
     ``"alista"`` learns only a step and a threshold per layer (analytic ``W``). The network
     starts from ``init_estimator_``, an :class:`~sklearn_unfold.ISTARegressor`; before each
-    layer is trained, its step and threshold are fitted to about 2,000 training samples
+    layer is trained, its step and threshold are fitted to about 1,000 training samples
     (:meth:`~sklearn_unfold.networks.lista.LISTANetwork.calibrate_layer`), since ISTA's
     ``1/L`` and ``α/L`` are far from what a layer of a short network wants.
 
