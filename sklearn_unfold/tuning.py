@@ -119,7 +119,8 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
 
     The search is a coarse grid (steps ``γ`` from ``1/4`` to ``8`` by factors of 2; thresholds
     at quantiles of ``|x + γu|`` and ``θ0``), then Nelder-Mead in ``(log γ, log θ)`` from the
-    best grid point, to about 1 %.
+    best grid point, to about 1 % (``γ`` within ``[1/64, 64]``, ``θ`` below twice the largest
+    ``|x + 64u|``, past which the objective is flat).
     The start ``(1, θ0)`` is among the candidates, so the result is never worse than it on
     these samples.
 
@@ -172,8 +173,12 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
         step = float(np.exp(p[0])) if tune_step else 1.0
         return nmse(step, float(np.exp(p[-1])))
 
+    # Beyond max|x + γu| every thresholded entry is 0 and the objective is flat: bound the search.
+    cap = max(theta0, 2.0 * (float(x.abs().max()) + 64.0 * float(u.abs().max()))) + tiny
+    bounds = [(np.log(1 / 64), np.log(64.0))] if tune_step else []
+    bounds.append((np.log(tiny), np.log(cap)))
     start = np.log([best[1], best[2]] if tune_step else [best[2]])
-    res = minimize(objective, start, method="Nelder-Mead",
+    res = minimize(objective, start, method="Nelder-Mead", bounds=bounds,
                    options={"xatol": 1e-2, "fatol": 1e-6, "maxfev": 100})
     if res.fun < best[0]:
         best = (float(res.fun), float(np.exp(res.x[0])) if tune_step else 1.0,
