@@ -177,8 +177,9 @@ class Trainer:
         Train on the log of the loss.
     calibrate : bool, default=True
         Let the network fit each new layer to training data before its first stage (see
-        above); drawn from ``calibration_samples`` samples (whole batches).
+        above).
     calibration_samples : int, default=1024
+        Training samples drawn for that fit (whole batches, so at least this many).
 
     Attributes
     ----------
@@ -220,8 +221,8 @@ class Trainer:
         self.eval_batch_size = int(eval_batch_size)
         self.log_loss = log_loss
         self.calibrate = bool(calibrate)
-        self._start_layer = 0
         self.calibration_samples = max(1, int(calibration_samples))
+        self._start_layer = 0
         self.growth_factors = (self.refine_factors if growth_factors is None
                                else tuple(float(f) for f in growth_factors))
 

@@ -87,8 +87,8 @@ class LISTANetwork(UnrolledNetwork):
     With ``tied=True`` all layers share one ``(W, S)`` (``"lista"``) or one ``B`` (``"cp"``);
     thresholds (and ALISTA's steps, which have no matrices to tie) stay per layer.
 
-    Use :meth:`from_ista` to build one. Layer-wise training first fits each new layer's step
-    and threshold to the data (:meth:`calibrate_layer`), then trains it.
+    Use :meth:`from_ista` to build one. Training first fits each new layer's step and
+    threshold to the data (:meth:`calibrate_layer`), then trains it.
 
     Attributes
     ----------
