@@ -90,6 +90,18 @@ def test_fitted_attributes_are_readable(fitted):
     assert stages == [("layer", 1), ("refine", 1), ("layer", 2), ("refine", 2), ("layer", 3),
                       ("refine", 3), ("layer", 4), ("refine", 4), ("refine", 4)]
     assert lista.history_[0]["stage"] == "layer"
+    # LISTA fitted each layer's step and threshold before training it; the others do not
+    assert [c["layer"] for c in lista.calibration_] == [1, 2, 3, 4]
+    assert all(c["nmse_db_after"] <= c["nmse_db_before"] for c in lista.calibration_)
+    assert not hasattr(lamp, "calibration_") and not hasattr(ldvamp, "calibration_")
+
+
+def test_lista_warm_start_calibrates_only_the_added_layers(small):
+    est = LISTARegressor(A=small["A"], n_layers=2, alpha=0.1, max_epochs=0.2, warm_start=True,
+                         **FAST).fit(small["Y"], small["X"])
+    assert [c["layer"] for c in est.calibration_] == [1, 2]
+    est.set_params(n_layers=3).fit(small["Y"], small["X"])
+    assert [c["layer"] for c in est.calibration_] == [3]
 
 
 @pytest.mark.parametrize("cls, kw", [(LAMPRegressor, {}), (LISTARegressor, {"alpha": 0.1}),

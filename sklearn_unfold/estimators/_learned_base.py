@@ -129,6 +129,8 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         trainer.fit(batches, (to_t(Y[val]), to_t(X[val])), start_layer=start, history=history)
         self.module_ = module
         self.history_ = trainer.history_
+        if getattr(module, "calibrates", False):
+            self.calibration_ = trainer.calibration_
         self.n_layers_ = module.n_layers
         self._architecture_ = self._architecture()
         self._set_coefficients(module.layer_summary())

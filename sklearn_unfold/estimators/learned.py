@@ -57,7 +57,11 @@ class LISTARegressor(LearnedEstimatorBase):
     thresholds_ : ndarray of shape (n_layers,)
         The learned thresholds ``θ_t``.
     steps_ : ndarray of shape (n_layers,)
-        The learned steps ``γ_t`` (``"alista"``; 1 otherwise).%ATTRS%
+        The learned steps ``γ_t`` (``"alista"``; 1 otherwise).
+    calibration_ : list of dict
+        For each layer this fit added (every layer, unless ``warm_start`` grew a fitted
+        network), the fitted ``step`` and ``threshold`` and the training-sample NMSE before and
+        after the fit (``nmse_db_before``, ``nmse_db_after``).%ATTRS%
 
     Examples
     --------
