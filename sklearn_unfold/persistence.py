@@ -215,7 +215,7 @@ class _Encoder:
         if arr.dtype.kind not in "biufc" or arr.dtype.fields is not None:
             raise TypeError(f"{where}: cannot store an array of dtype {arr.dtype}.")
         perm = _dense_permutation(arr.shape, [s // max(arr.itemsize, 1) for s in arr.strides])
-        stored = np.ascontiguousarray(arr.transpose(perm))
+        stored = arr.transpose(perm).copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         raw = torch.from_numpy(np.frombuffer(stored.tobytes(), dtype=np.uint8).copy())
         ref = {_TAG: "ndarray", "key": self._store(raw), "dtype": arr.dtype.str,
                "shape": list(stored.shape)}
@@ -282,7 +282,7 @@ class _Decoder:
         if tag == "ndarray_str":
             return np.array(obj["values"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
         if tag == "npscalar":
-            return self.decode(obj["array"])[()].astype(np.dtype(obj["dtype"]))
+            return self.decode(obj["array"]).reshape(())[()].astype(np.dtype(obj["dtype"]))
         if tag == "torch.dtype" and isinstance(getattr(torch, str(obj["name"]), None),
                                                torch.dtype):
             return getattr(torch, str(obj["name"]))

@@ -183,6 +183,6 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
     if res.fun < best[0]:
         best = (float(res.fun), float(np.exp(res.x[0])) if tune_step else 1.0,
                 float(np.exp(res.x[-1])))
-    to_db = lambda e: 10.0 * np.log10(max(e, 1e-300))  # noqa: E731
+    to_db = lambda e: float(10.0 * np.log10(max(e, 1e-300)))  # noqa: E731
     return {"step": best[1], "threshold": best[2], "nmse_db_before": to_db(before),
             "nmse_db_after": to_db(best[0])}

@@ -211,6 +211,23 @@ def test_unfitted_round_trip(cls, tmp_path, data):
         loaded.predict(data[0])
 
 
+def test_numpy_scalars_and_0d_arrays_keep_their_shape(tmp_path, data):
+    """A numpy scalar nested in a fitted attribute comes back a numpy scalar of its dtype (it
+    came back a 1-element array, so a second save described the model differently)."""
+    est = sklearn_unfold.ISTARegressor(A=data[2], max_iter=5).fit(data[0], data[1])
+    est.extra_ = [{"f64": np.float64(1.5), "f32": np.float32(-2.0)}, np.array(3.0), 4.0]
+    save(est, tmp_path / "a.sfu")
+    loaded = load(tmp_path / "a.sfu")
+    rec, zero_d, plain = loaded.extra_
+    assert type(rec["f64"]) is np.float64 and rec["f64"] == 1.5
+    assert type(rec["f32"]) is np.float32 and rec["f32"] == -2.0
+    assert isinstance(zero_d, np.ndarray) and zero_d.shape == () and zero_d == 3.0
+    assert type(plain) is float
+    save(loaded, tmp_path / "b.sfu")
+    with zipfile.ZipFile(tmp_path / "a.sfu") as z1, zipfile.ZipFile(tmp_path / "b.sfu") as z2:
+        assert z1.read("params.json") == z2.read("params.json")
+
+
 def test_torch_weights_only_fallback(monkeypatch, tmp_path, data):
     """Without safetensors the tensors go to ``tensors.pt``, read with weights_only=True."""
     est = sklearn_unfold.VAMPRegressor(A=data[2], max_iter=5).fit(data[0], data[1])
