@@ -164,10 +164,10 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
     stride = max(1, x.numel() // 65536)  # quantiles of a regular subsample of the entries
     for step in steps:
         quant = torch.quantile((x + float(step) * u).abs().flatten()[::stride], levels).tolist()
-        for theta in [theta0, *quant]:
-            err = nmse(float(step), max(theta, tiny))
+        for theta in (max(q, tiny) for q in [theta0, *quant]):
+            err = nmse(float(step), theta)
             if err < best[0]:
-                best = (err, float(step), max(theta, tiny))
+                best = (err, float(step), theta)
 
     def objective(p: np.ndarray) -> float:
         step = float(np.exp(p[0])) if tune_step else 1.0
