@@ -130,7 +130,7 @@ def run_config(name, n_train, n_test, device, seed, peers_cache, overrides=None)
     trace = {h["layer"]: h["val_nmse_db"] for h in est.history_}  # each depth's last stage
     if len(trace) > 1:
         print("greedy trace (validation NMSE at the end of each depth's stages, the quantity "
-              "the references report): " + ", ".join(f"{trace[t]:.2f}" for t in sorted(trace)))
+              "the references report): " + ", ".join(f"{trace[t]:.3f}" for t in sorted(trace)))
     if target is not None:
         depth, goal = target
         verdict = "met" if staged[depth - 1] <= goal else "NOT met"

@@ -22,13 +22,28 @@ from .operators import LinearOperator
 _EPS = 1e-10
 
 
+def support_mask(r: Tensor, support_frac: float) -> Tensor | None:
+    """The entries that bypass the threshold: the ``⌈qN⌉`` of largest magnitude in each row.
+
+    ``None`` when ``support_frac = q`` selects no entry. The mask carries no gradient (which
+    entries are selected is piecewise constant in ``r``).
+    """
+    if support_frac <= 0:
+        return None
+    k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
+    if k == 0:
+        return None
+    idx = r.detach().abs().topk(k, dim=-1).indices
+    return torch.zeros_like(r, dtype=torch.bool).scatter_(-1, idx, True)
+
+
 def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0,
            gain: Tensor | None = None) -> Tensor:
     r"""Soft threshold ``g·soft(r; θ)`` with optional support selection.
 
     With ``support_frac = q > 0``, the ``⌈qN⌉`` entries of largest magnitude in each row bypass
-    the threshold (Chen et al.'s support selection): ``η(r)_i = r_i`` for them,
-    ``g·sign(r_i) max(|r_i| − θ, 0)`` for the rest. The gain ``g`` (the soft denoiser's
+    the threshold (Chen et al.'s support selection, :func:`support_mask`): ``η(r)_i = r_i`` for
+    them, ``g·sign(r_i) max(|r_i| − θ, 0)`` for the rest. The gain ``g`` (the soft denoiser's
     optional gain; 1 when ``None``) scales only the thresholded entries, so with support
     selection it sets the scale of the small entries apart from the bypassed large ones.
     """
@@ -37,13 +52,8 @@ def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0,
     if gain is not None:
         params = torch.cat([params, gain.reshape(-1)[:1].to(params.dtype)])
     value, _ = soft(r, one, params)
-    if support_frac > 0:
-        k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
-        if k > 0:
-            idx = r.abs().topk(k, dim=-1).indices
-            keep = torch.zeros_like(r, dtype=torch.bool).scatter_(-1, idx, True)
-            value = torch.where(keep, r, value)
-    return value
+    keep = support_mask(r, support_frac)
+    return value if keep is None else torch.where(keep, r, value)
 
 
 def ista_step(

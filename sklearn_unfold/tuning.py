@@ -24,7 +24,8 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import ndtr
 from torch import Tensor
 
-from .steps import shrink
+from .denoisers import soft
+from .steps import shrink, support_mask
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 
@@ -159,20 +160,24 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
     energy = float((X * X).sum().clamp_min(torch.finfo(X.dtype).tiny))
     tiny = float(torch.finfo(x.dtype).tiny) ** 0.5
 
-    zero = torch.zeros((1,), dtype=x.dtype, device=x.device)
+    one = torch.ones((x.shape[0], 1), dtype=x.dtype, device=x.device)
 
     def fit(step: float, theta: float) -> tuple[float, float]:
         """The normalised squared error at ``(γ, θ)`` with the best gain, and that gain."""
         th = torch.full((1,), max(theta, 0.0), dtype=x.dtype, device=x.device)
         r = x + step * u
+        part, _ = soft(r, one, th)  # the soft-thresholded entries at gain 1 ...
+        keep = support_mask(r, support_frac)
+        if keep is None:
+            passed = torch.zeros_like(r)
+        else:  # ... and the bypassed ones: shrink(r; θ, g) = g·part + passed
+            passed, part = r * keep, part.masked_fill(keep, 0.0)
         if gain0 is None:
-            err = float(((shrink(r, th, support_frac) - X) ** 2).sum()) / energy
-            return (err if np.isfinite(err) else np.inf), 1.0
-        passed = shrink(r, th, support_frac, gain=zero)  # bypassed entries, zeros elsewhere
-        part = shrink(r, th, support_frac) - passed  # soft-thresholded entries
-        norm = float((part * part).sum())
-        gain = float(((X - passed) * part).sum()) / norm if norm > 0 else gain0
-        gain = float(np.clip(gain, 1.0 / 64.0, 64.0)) if np.isfinite(gain) else gain0
+            gain = 1.0
+        else:
+            norm = float((part * part).sum())
+            gain = float(((X - passed) * part).sum()) / norm if norm > 0 else gain0
+            gain = float(np.clip(gain, 1.0 / 64.0, 64.0)) if np.isfinite(gain) else gain0
         err = float(((gain * part + passed - X) ** 2).sum()) / energy
         return (err if np.isfinite(err) else np.inf), gain
 

@@ -14,6 +14,7 @@ from sklearn_unfold.networks.lista import (
     support_fraction,
 )
 from sklearn_unfold.solvers import ista_iterates
+from sklearn_unfold.steps import support_mask
 from sklearn_unfold.tuning import fit_step_threshold
 
 N, M = 64, 32
@@ -153,6 +154,18 @@ def test_support_selection_bypasses_threshold(problem, variant):
     assert not torch.allclose(x_ss, x_plain)
     # later layers differ too, and the fractions grow
     assert not torch.allclose(ss(Y)[-1], plain(Y)[-1])
+
+
+def test_support_mask_selects_the_largest_entries_of_each_row():
+    r = torch.tensor(np.random.default_rng(3).standard_normal((7, 40)))
+    mask = support_mask(r, 0.1)  # ⌈0.1 · 40⌉ = 4 per row
+    order = np.argsort(-np.abs(r.numpy()), axis=1)[:, :4]
+    expected = np.zeros(r.shape, dtype=bool)
+    np.put_along_axis(expected, order, True, axis=1)
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    assert support_mask(r, 0.0) is None and support_mask(r, 0.001).sum(dim=1).eq(1).all()
+    r.requires_grad_(True)
+    assert not support_mask(r, 0.1).requires_grad
 
 
 @pytest.mark.parametrize("variant,support_selection", [("lista", False), ("cp", True),
