@@ -317,7 +317,7 @@ class _Decoder:
         cls = _resolve_class(obj["class"])
         state, new = self.decode(obj["state"]), cls.__new__(cls)
         if isinstance(new, nn.Module):
-            nn.Module.__setstate__(new, state)
+            new.__setstate__(state)  # nn.Module's, or an allowed subclass's (upgrades old files)
         else:
             vars(new).update(state)
         return new

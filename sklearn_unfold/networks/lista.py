@@ -226,6 +226,14 @@ class LISTANetwork(UnrolledNetwork):
         return plist[0] if self.tied else plist[t]
 
     # ------------------------------------------------------------------ interface
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; a network saved before the gains existed gets ``g_t = 1``, its old layers."""
+        super().__setstate__(state)
+        if "gains" not in self._modules:
+            ref = self.thresholds[0]
+            self.gains = nn.ParameterList(_param([1.0], dtype=ref.dtype, device=ref.device)
+                                          for _ in range(self.n_layers))
+
     def forward(self, Y: Tensor) -> list[Tensor]:
         """Run the first :attr:`n_active` layers on ``Y (n, M)``; return the outputs ``(n, N)``."""
         Y = Y.to(dtype=self.A.dtype)
