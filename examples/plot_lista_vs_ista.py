@@ -14,7 +14,7 @@ This example draws a compressed-sensing problem, runs ISTA for 3,000 iterations,
 
 To fit the two-minute budget of the gallery the problem is smaller than the reference problems
 (``N = 200`` unknowns, ``M = 100`` measurements, 30 dB SNR instead of 40 dB) and LISTA is trained
-briefly (about 850 optimiser steps in all). A longer training, with more layers, goes well past
+briefly (about 1,200 optimiser steps in all). A longer training, with more layers, goes well past
 the LASSO; see :doc:`/user_guide/lista`.
 """
 
@@ -83,15 +83,16 @@ plt.show()
 
 # %%
 # Before training, the 10-layer LISTA *is* the first 10 ISTA iterations (about −3 dB here).
-# After training it goes past the LASSO solution's NMSE at its last layer (by about 2 dB
+# After training it goes past the LASSO solution's NMSE at its last layer (by about half a dB
 # here), a level that ISTA, which converges to the LASSO solution, does not reach in 3,000
 # iterations: a factor of several hundred in depth, hence in computation per recovered signal.
 # The price is the training, and a network tied to this ``A``.
 #
 # How the network was grown
 # -------------------------
-# Each new layer's direction, step, threshold and gain are first fitted to the data, then the
-# layer is trained alone (circles), then all layers so far are refined (dots); the dotted
-# vertical lines mark where a layer was added. The validation NMSE improves with every layer.
+# Each new layer's step and threshold are first fitted to the data, then the layer is trained
+# alone (circles), then all layers so far are refined (dots); the dotted vertical lines mark
+# where a layer was added. The validation NMSE improves with
+# every layer.
 TrainingHistoryDisplay.from_estimator(lista)
 plt.show()

@@ -317,7 +317,7 @@ class _Decoder:
         cls = _resolve_class(obj["class"])
         state, new = self.decode(obj["state"]), cls.__new__(cls)
         if isinstance(new, nn.Module):
-            new.__setstate__(state)  # nn.Module's, or an allowed subclass's (upgrades old files)
+            nn.Module.__setstate__(new, state)
         else:
             vars(new).update(state)
         return new

@@ -22,38 +22,22 @@ from .operators import LinearOperator
 _EPS = 1e-10
 
 
-def support_mask(r: Tensor, support_frac: float) -> Tensor | None:
-    """The entries that bypass the threshold: the ``⌈qN⌉`` of largest magnitude in each row.
-
-    ``None`` when ``support_frac = q`` selects no entry. The mask carries no gradient (which
-    entries are selected is piecewise constant in ``r``).
-    """
-    if support_frac <= 0:
-        return None
-    k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
-    if k == 0:
-        return None
-    idx = r.detach().abs().topk(k, dim=-1).indices
-    return torch.zeros_like(r, dtype=torch.bool).scatter_(-1, idx, True)
-
-
-def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0,
-           gain: Tensor | None = None) -> Tensor:
-    r"""Soft threshold ``g·soft(r; θ)`` with optional support selection.
+def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0) -> Tensor:
+    r"""Soft threshold ``soft(r; θ)`` with optional support selection.
 
     With ``support_frac = q > 0``, the ``⌈qN⌉`` entries of largest magnitude in each row bypass
-    the threshold (Chen et al.'s support selection, :func:`support_mask`): ``η(r)_i = r_i`` for
-    them, ``g·sign(r_i) max(|r_i| − θ, 0)`` for the rest. The gain ``g`` (the soft denoiser's
-    optional gain; 1 when ``None``) scales only the thresholded entries, so with support
-    selection it sets the scale of the small entries apart from the bypassed large ones.
+    the threshold (Chen et al.'s support selection): ``η(r)_i = r_i`` for them,
+    ``sign(r_i) max(|r_i| − θ, 0)`` for the rest.
     """
     one = torch.ones((r.shape[0], 1), dtype=r.dtype, device=r.device)
-    params = theta.reshape(-1)[:1]
-    if gain is not None:
-        params = torch.cat([params, gain.reshape(-1)[:1].to(params.dtype)])
-    value, _ = soft(r, one, params)
-    keep = support_mask(r, support_frac)
-    return value if keep is None else torch.where(keep, r, value)
+    value, _ = soft(r, one, theta.reshape(-1)[:1])
+    if support_frac > 0:
+        k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
+        if k > 0:
+            idx = r.abs().topk(k, dim=-1).indices
+            keep = torch.zeros_like(r, dtype=torch.bool).scatter_(-1, idx, True)
+            value = torch.where(keep, r, value)
+    return value
 
 
 def ista_step(
@@ -65,33 +49,30 @@ def ista_step(
     B: Tensor | None = None,
     step: float | Tensor = 1.0,
     support_frac: float = 0.0,
-    gain: Tensor | None = None,
 ) -> Tensor:
     r"""One (coupled) ISTA step.
 
-    .. math:: x_{t+1} = g\,\mathrm{soft}\big(x_t + γ\,B\,(y - A x_t);\ θ\big)
+    .. math:: x_{t+1} = \mathrm{soft}\big(x_t + γ\,B\,(y - A x_t);\ θ\big)
 
     * ISTA: ``B = Aᵀ`` (``B=None``), ``γ = 1/L``, ``θ = α/L`` with ``L = ‖A‖₂²``;
     * LISTA-CP: ``B`` learned (initialised at ``Aᵀ/L``), ``γ = 1``;
     * ALISTA: ``B`` analytic and fixed, ``γ`` and ``θ`` learned per layer.
-
-    The gain ``g`` (``None``: 1) and ``support_frac`` are those of :func:`shrink`.
     """
     resid = op.residual(y, x)
     back = op.adjoint(resid) if B is None else resid @ B.T
-    return shrink(x + step * back, theta, support_frac, gain)
+    return shrink(x + step * back, theta, support_frac)
 
 
-def lista_step(x: Tensor, Wy: Tensor, S: Tensor, theta: Tensor, *, support_frac: float = 0.0,
-               gain: Tensor | None = None) -> Tensor:
+def lista_step(x: Tensor, Wy: Tensor, S: Tensor, theta: Tensor, *, support_frac: float = 0.0
+               ) -> Tensor:
     r"""One LISTA step (Gregor-LeCun form).
 
-    .. math:: x_{t+1} = g\,\mathrm{soft}(W y + S x_t;\ θ)
+    .. math:: x_{t+1} = \mathrm{soft}(W y + S x_t;\ θ)
 
     ``Wy`` is the precomputed ``(n, N)`` batch ``y Wᵀ``. With ``W = Aᵀ/L``, ``S = I − AᵀA/L``,
-    ``θ = α/L`` and ``g = 1`` this is exactly :func:`ista_step`.
+    ``θ = α/L`` this is exactly :func:`ista_step`.
     """
-    return shrink(Wy + x @ S.T, theta, support_frac, gain)
+    return shrink(Wy + x @ S.T, theta, support_frac)
 
 
 def fista_momentum(x: Tensor, x_prev: Tensor, s_prev: float) -> tuple[Tensor, float]:

@@ -24,8 +24,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import ndtr
 from torch import Tensor
 
-from .denoisers import soft
-from .steps import shrink, support_mask
+from .steps import shrink
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 
@@ -107,26 +106,22 @@ def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: 
 @torch.no_grad()
 def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float, *,
                        support_frac: float = 0.0, tune_step: bool = True,
-                       gain0: float | None = None, max_samples: int = 1024
-                       ) -> dict[str, float]:
-    r"""The step ``γ``, threshold ``θ`` (and gain ``g``) of one shrinkage step that fit the data best.
+                       max_samples: int = 1024) -> dict[str, float]:
+    r"""The step ``γ`` and threshold ``θ`` of one shrinkage step that fit the data best.
 
-    .. math:: (γ, θ, g) = \arg\min_{γ, θ, g > 0}
-              \big\|\,\mathrm{shrink}_g(x + γ\,u;\ θ) - x^\star\big\|_F^2
+    .. math:: (γ, θ) = \arg\min_{γ, θ > 0}
+              \big\|\,\mathrm{shrink}(x + γ\,u;\ θ) - x^\star\big\|_F^2
 
-    with ``shrink_g`` the soft threshold with gain ``g`` on the thresholded entries and optional
-    support selection (:func:`~sklearn_unfold.steps.shrink`). The loss is quadratic in ``g``:
-    for each ``(γ, θ)`` the best gain is ``g = ⟨s, x^\star − p⟩ / ⟨s, s⟩``, ``s`` the
-    thresholded part and ``p`` the bypassed part of the output, so ``g`` costs no search.
-    Learned ISTA uses it when a layer joins the network: ``u`` is the layer's update at its
-    current weights, so the search rescales the step and sets the threshold in one go, where
-    Adam would need hundreds of steps to move them that far.
+    with ``shrink`` the soft threshold with optional support selection
+    (:func:`~sklearn_unfold.steps.shrink`). Learned ISTA uses it when a layer joins the network:
+    ``u`` is the layer's update at its current weights, so the search rescales the step and
+    sets the threshold in one go, where Adam would need hundreds of steps to move them that far.
 
     The search is a coarse grid (steps ``γ`` from ``1/4`` to ``8`` by factors of 2; thresholds
     at quantiles of ``|x + γu|`` and ``θ0``), then Nelder-Mead in ``(log γ, log θ)`` from the
     best grid point, to about 1 % (``γ`` within ``[1/64, 64]``, ``θ`` below twice the largest
     ``|x + 64u|``, past which the objective is flat).
-    The start ``(1, θ0, g0)`` is among the candidates, so the result is never worse than it on
+    The start ``(1, θ0)`` is among the candidates, so the result is never worse than it on
     these samples.
 
     Parameters
@@ -142,57 +137,28 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
     support_frac : float, default=0.0
         Fraction of entries per row that bypass the threshold.
     tune_step : bool, default=True
-        Search ``γ`` too; ``False`` keeps ``γ = 1``.
-    gain0 : float or None, default=None
-        The current gain: ``None`` fixes ``g = 1`` (plain soft threshold); a number makes the
-        gain a fitted parameter (within ``[1/64, 64]``) that starts from ``gain0``.
+        Search ``γ`` too; ``False`` keeps ``γ = 1`` and fits ``θ`` alone.
     max_samples : int, default=1024
         Rows used (the first ones).
 
     Returns
     -------
     dict
-        ``step`` (``γ``), ``threshold`` (``θ``), ``gain`` (``g``; 1 when ``gain0`` is
-        ``None``), ``nmse_db_before`` (at ``(1, θ0, g0)``) and ``nmse_db_after``, on the rows
-        used.
+        ``step`` (``γ``), ``threshold`` (``θ``), ``nmse_db_before`` (at ``(1, θ0)``) and
+        ``nmse_db_after``, on the rows used.
     """
     x, u, X = x[:max_samples], update[:max_samples], target[:max_samples]
     energy = float((X * X).sum().clamp_min(torch.finfo(X.dtype).tiny))
     tiny = float(torch.finfo(x.dtype).tiny) ** 0.5
 
-    one = torch.ones((x.shape[0], 1), dtype=x.dtype, device=x.device)
-
-    def fit(step: float, theta: float) -> tuple[float, float]:
-        """The normalised squared error at ``(γ, θ)`` with the best gain, and that gain."""
-        th = torch.full((1,), max(theta, 0.0), dtype=x.dtype, device=x.device)
-        r = x + step * u
-        part, _ = soft(r, one, th)  # the soft-thresholded entries at gain 1 ...
-        keep = support_mask(r, support_frac)
-        if keep is None:
-            passed = torch.zeros_like(r)
-        else:  # ... and the bypassed ones: shrink(r; θ, g) = g·part + passed
-            passed, part = r * keep, part.masked_fill(keep, 0.0)
-        if gain0 is None:
-            gain = 1.0
-        else:
-            norm = float((part * part).sum())
-            gain = float(((X - passed) * part).sum()) / norm if norm > 0 else gain0
-            gain = float(np.clip(gain, 1.0 / 64.0, 64.0)) if np.isfinite(gain) else gain0
-        err = float(((gain * part + passed - X) ** 2).sum()) / energy
-        return (err if np.isfinite(err) else np.inf), gain
-
     def nmse(step: float, theta: float) -> float:
-        return fit(step, theta)[0]
+        th = torch.full((1,), max(theta, 0.0), dtype=x.dtype, device=x.device)
+        err = float(((shrink(x + step * u, th, support_frac) - X) ** 2).sum()) / energy
+        return err if np.isfinite(err) else np.inf
 
     theta0 = max(float(theta0), tiny)
-    if gain0 is None:
-        before = nmse(1.0, theta0)
-    else:
-        th0 = torch.full((1,), theta0, dtype=x.dtype, device=x.device)
-        g0 = torch.full((1,), float(gain0), dtype=x.dtype, device=x.device)
-        before = float(((shrink(x + u, th0, support_frac, g0) - X) ** 2).sum()) / energy
-        before = before if np.isfinite(before) else np.inf
     best = (nmse(1.0, theta0), 1.0, theta0)
+    before = best[0]
     steps = np.geomspace(0.25, 8.0, 6) if tune_step else np.ones(1)
     levels = torch.tensor([0.6, 0.8, 0.9, 0.95, 0.98], dtype=x.dtype, device=x.device)
     stride = max(1, x.numel() // 65536)  # quantiles of a regular subsample of the entries
@@ -217,9 +183,6 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
     if res.fun < best[0]:
         best = (float(res.fun), float(np.exp(res.x[0])) if tune_step else 1.0,
                 float(np.exp(res.x[-1])))
-    err, gain = fit(best[1], best[2])
-    if gain0 is not None and before <= err:  # the start itself (its own gain) is best
-        best, gain = (before, 1.0, theta0), float(gain0)
     to_db = lambda e: float(10.0 * np.log10(max(e, 1e-300)))  # noqa: E731
-    return {"step": best[1], "threshold": best[2], "gain": gain,
-            "nmse_db_before": to_db(before), "nmse_db_after": to_db(min(best[0], err))}
+    return {"step": best[1], "threshold": best[2], "nmse_db_before": to_db(before),
+            "nmse_db_after": to_db(best[0])}

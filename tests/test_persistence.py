@@ -458,34 +458,3 @@ def test_file_objects_work(data):
     save(est, buf)
     buf.seek(0)
     np.testing.assert_array_equal(_predict(load(buf), data[0]), _predict(est, data[0]))
-
-
-def test_lista_saved_before_the_gains_existed_loads_with_gain_one(data, tmp_path):
-    """Files and pickles from before LISTA learned a gain per layer hold no ``gains``; they load
-    as the network they were (every gain 1) instead of failing at predict."""
-    Y, X, A = data
-    est = sklearn_unfold.LISTARegressor(A=A, **{k: v for k, v in FAST_PARAMS.items()
-                                                if k not in ("max_iter",)}).fit(Y, X)
-    with torch.no_grad():
-        for g in est.module_.gains:
-            g.fill_(1.0)
-    expected = est.predict(Y)
-    path, old = tmp_path / "new.sfu", tmp_path / "old.sfu"
-    save(est, path)
-
-    def drop_gains(header):
-        state = header["estimator"]["state"]
-        del state["module_"]["state"]["_modules"]["gains"], state["gains_"]
-
-    _rewrite(path, old, edit_header=drop_gains)
-    loaded = load(old)
-    assert len(loaded.module_.gains) == est.n_layers_
-    np.testing.assert_array_equal(loaded.predict(Y), expected)
-    # the same for a pickle of the bare network
-    state = est.module_.__getstate__().copy()
-    state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "gains"}
-    net = type(est.module_).__new__(type(est.module_))
-    net.__setstate__(state)
-    with torch.no_grad():
-        Yt = torch.as_tensor(Y, dtype=next(net.buffers()).dtype)
-        torch.testing.assert_close(net(Yt)[-1], est.module_(Yt)[-1], rtol=0, atol=0)

@@ -30,18 +30,16 @@ class LISTARegressor(LearnedEstimatorBase):
     By default the coupled form with support selection (LISTA-CP-SS, Chen et al.), the variant
     that goes past the LASSO floor:
 
-    .. math:: x_{t+1} = η_{p_t}\big(x_t + B_t(y - A x_t);\ θ_t, g_t\big), \qquad
-              B_t \leftarrow Aᵀ/L,\ θ_t \leftarrow α/L,\ g_t \leftarrow 1
+    .. math:: x_{t+1} = η_{p_t}\big(x_t + B_t(y - A x_t);\ θ_t\big), \qquad
+              B_t \leftarrow Aᵀ/L,\ θ_t \leftarrow α/L
 
-    where ``η_p`` passes the ``p_t = min(1.2 (t+1), 13) %`` largest entries unchanged and
-    soft-thresholds the others with a gain, ``g·soft(r; θ)``.
+    where ``η_p`` soft-thresholds all but the ``p_t = min(1.2 (t+1), 13) %`` largest entries.
     ``variant="lista"`` is Gregor-LeCun's ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)`` and
     ``"alista"`` learns only a step and a threshold per layer (analytic ``W``). The network
     starts from ``init_estimator_``, an :class:`~sklearn_unfold.ISTARegressor`; before each
-    layer is trained, its step, threshold and gain are fitted to about 1,000 training samples
-    for two directions, ISTA's ``Aᵀ`` and the pseudo-inverse ``A⁺``, and the better is kept
+    layer is trained, its step and threshold are fitted to about 1,000 training samples
     (:meth:`~sklearn_unfold.networks.lista.LISTANetwork.calibrate_layer`), since ISTA's
-    ``Aᵀ/L`` and ``α/L`` are far from what a layer of a short network wants.
+    ``1/L`` and ``α/L`` are far from what a layer of a short network wants.
 
     Parameters
     ----------
@@ -58,16 +56,12 @@ class LISTARegressor(LearnedEstimatorBase):
     ----------
     thresholds_ : ndarray of shape (n_layers,)
         The learned thresholds ``θ_t``.
-    gains_ : ndarray of shape (n_layers,)
-        The learned gains ``g_t`` of the thresholded entries.
     steps_ : ndarray of shape (n_layers,)
         The learned steps ``γ_t`` (``"alista"``; 1 otherwise).
     calibration_ : list of dict
         For each layer this fit added (every layer, unless ``warm_start`` grew a fitted
-        network), the ``direction`` chosen (``"matched"``, ``"pseudo_inverse"`` or, for ALISTA,
-        ``"analytic"``), the fitted ``step``, ``threshold`` and ``gain``, and the
-        training-sample NMSE before and after the fit (``nmse_db_before``,
-        ``nmse_db_after``).%ATTRS%
+        network), the fitted ``step`` and ``threshold`` and the training-sample NMSE before and
+        after the fit (``nmse_db_before``, ``nmse_db_after``).%ATTRS%
 
     Examples
     --------
@@ -133,7 +127,6 @@ class LISTARegressor(LearnedEstimatorBase):
     def _set_coefficients(self, summary: dict) -> None:
         super()._set_coefficients(summary)
         self.thresholds_ = summary["threshold"]
-        self.gains_ = summary["gain"]
         self.steps_ = summary["step"]
 
 
@@ -330,9 +323,9 @@ def _analytic_theta(denoiser: str, classical) -> np.ndarray:
 fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3,
          growth="0.5×",
          why="Layer-wise is the default here: it reaches the lowest NMSE (giid, 16 layers, "
-             "fresh signals, 2 CPU threads: −40.90 dB in 7.7 min layer-wise, −40.31 dB in 2.3 "
-             "min end to end, which is the faster choice when the budget is tight; without the "
-             "per-layer fit, end to end stalled at −32.1 dB).")
+             "fresh signals, 2 CPU threads: −40.25 dB in 8.8 min layer-wise, −38.7 dB in 3.4 min "
+             "end to end; without the per-layer fit of the step and threshold, end to end "
+             "stalled at −32.1 dB).")
 fill_doc(LAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
          why="Layer-wise is the default, as the source text recommends. Measured on giid with "

@@ -64,33 +64,6 @@ def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
     return W.to(A.dtype)
 
 
-def pseudo_inverse_weight(A: Tensor, ridge: float = 1e-3) -> Tensor:
-    r"""The regularised pseudo-inverse back-projection ``Aᵀ(AAᵀ + ρI)⁻¹``, shape ``(N, M)``.
-
-    ``ρ = ridge·tr(AAᵀ)/M``. Where the matched back-projection ``Aᵀ`` spreads every entry of
-    the error over all others (``I − γAᵀA`` has eigenvalues on both sides of 0), the step
-    ``x + A⁺(y − Ax)`` removes the error's row-space part and keeps only its null-space part:
-    for an i.i.d. error at ``M/N = 1/2`` that halves its variance where the best matched step
-    leaves two thirds. Learned ISTA offers it as a starting direction of each new layer
-    (:meth:`LISTANetwork.calibrate_layer`).
-
-    Parameters
-    ----------
-    A : tensor of shape (M, N)
-    ridge : float
-        Relative Tikhonov term (keeps rank-deficient or ill-conditioned ``A`` finite).
-
-    Returns
-    -------
-    B : tensor of shape (N, M), same dtype and device as ``A``.
-    """
-    A64 = A.to(torch.float64)
-    G = A64 @ A64.T
-    G = G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
-                                                            device=G.device)
-    return torch.linalg.solve(G, A64).T.contiguous().to(A.dtype)
-
-
 def _param(value, dtype, device) -> nn.Parameter:
     return nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device).clone())
 
@@ -107,17 +80,15 @@ class LISTANetwork(UnrolledNetwork):
     * ``"alista"``: ``x_{t+1} = η(x_t + γ_t Wᵀ(y − A x_t); θ_t)`` with ``W`` from
       :func:`analytic_weight` (a buffer, not trained), initialised at ``γ = 1/‖WᵀA‖₂``, ``θ = αγ``.
 
-    ``η`` is the soft threshold with a learned gain ``g_t`` (initialised at 1),
-    ``g_t·soft(r; θ_t)``, or with ``support_selection`` the same whose largest
-    ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded and unscaled (the gain then sets
-    the scale of the small entries apart from the large ones). With these initial values and
+    ``η`` is the soft threshold, or with ``support_selection`` the soft threshold whose largest
+    ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded. With these initial values and
     without support selection, ``"lista"`` and ``"cp"`` reproduce the ISTA iterates exactly.
 
     With ``tied=True`` all layers share one ``(W, S)`` (``"lista"``) or one ``B`` (``"cp"``);
     thresholds (and ALISTA's steps, which have no matrices to tie) stay per layer.
 
-    Use :meth:`from_ista` to build one. Training first fits each new layer's direction, step,
-    threshold and gain to the data (:meth:`calibrate_layer`), then trains it.
+    Use :meth:`from_ista` to build one. Training first fits each new layer's step and
+    threshold to the data (:meth:`calibrate_layer`), then trains it.
 
     Attributes
     ----------
@@ -128,8 +99,6 @@ class LISTANetwork(UnrolledNetwork):
         :func:`~sklearn_unfold.steps.ista_step`.
     thresholds : ParameterList of (1,) tensors
         ``θ_t``, one per layer.
-    gains : ParameterList of (1,) tensors
-        ``g_t``, one per layer.
     steps : ParameterList of (1,) tensors
         ``γ_t`` (``"alista"`` only; empty otherwise).
     W, S : ParameterList
@@ -185,7 +154,6 @@ class LISTANetwork(UnrolledNetwork):
             self.steps.extend(_param([gamma0], **kw) for _ in range(self.n_layers))
         self.thresholds = nn.ParameterList(
             _param([theta0], **kw) for _ in range(self.n_layers))
-        self.gains = nn.ParameterList(_param([1.0], **kw) for _ in range(self.n_layers))
 
     @classmethod
     def from_ista(cls, A, alpha: float, n_layers: int, *, tied: bool = False,
@@ -226,14 +194,6 @@ class LISTANetwork(UnrolledNetwork):
         return plist[0] if self.tied else plist[t]
 
     # ------------------------------------------------------------------ interface
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle; a network saved before the gains existed gets ``g_t = 1``, its old layers."""
-        super().__setstate__(state)
-        if "gains" not in self._modules:
-            ref = self.thresholds[0]
-            self.gains = nn.ParameterList(_param([1.0], dtype=ref.dtype, device=ref.device)
-                                          for _ in range(self.n_layers))
-
     def forward(self, Y: Tensor) -> list[Tensor]:
         """Run the first :attr:`n_active` layers on ``Y (n, M)``; return the outputs ``(n, N)``."""
         Y = Y.to(dtype=self.A.dtype)
@@ -241,123 +201,81 @@ class LISTANetwork(UnrolledNetwork):
         Wy_tied = Y @ self.W[0].T if (self.variant == "lista" and self.tied) else None
         outs = []
         for t in range(self.n_active):
-            x = self._layer(t, x, Y, self.thresholds[t], self.gains[t], Wy_tied)
+            x = self._layer(t, x, Y, self.thresholds[t], Wy_tied)
             outs.append(x)
         return outs
 
-    def _layer(self, t: int, x: Tensor, Y: Tensor, theta: Tensor, gain: Tensor | None,
-               Wy: Tensor | None = None) -> Tensor:
-        """Layer ``t`` on ``x`` with threshold ``theta`` and ``gain`` (0 and None: the identity)."""
+    def _layer(self, t: int, x: Tensor, Y: Tensor, theta: Tensor, Wy: Tensor | None = None
+               ) -> Tensor:
+        """Layer ``t`` on the estimate ``x``, with threshold ``theta`` (0: no shrinkage)."""
         frac = self.support_frac(t)
         if self.variant == "lista":
             Wy = Wy if Wy is not None else Y @ self._mat(self.W, t).T
             if t == 0:
                 N = self.A.shape[1]
                 zero_S = torch.zeros((), dtype=Y.dtype, device=Y.device)
-                return lista_step(x, Wy, zero_S.expand(N, N), theta, support_frac=frac,
-                                  gain=gain)
-            return lista_step(x, Wy, self._mat(self.S, t - 1), theta, support_frac=frac,
-                              gain=gain)
+                return lista_step(x, Wy, zero_S.expand(N, N), theta, support_frac=frac)
+            return lista_step(x, Wy, self._mat(self.S, t - 1), theta, support_frac=frac)
         op = DenseOperator(self.A)
         if self.variant == "cp":
             return ista_step(x, Y, op, theta, B=self._mat(self.B, t), step=1.0,
-                             support_frac=frac, gain=gain)
+                             support_frac=frac)
         return ista_step(x, Y, op, theta, B=self.W_analytic, step=self.steps[t],
-                         support_frac=frac, gain=gain)
+                         support_frac=frac)
 
     @torch.no_grad()
     def calibrate_layer(self, t: int, Y: Tensor, X: Tensor) -> dict:
-        r"""Fit layer ``t``'s direction, step, threshold and gain to training pairs.
+        r"""Fit layer ``t``'s step and threshold to training pairs before it is trained.
 
-        Called before the layer is trained. With the earlier layers' output ``x_t`` and the
-        layer's update ``u = r_t − x_t`` (``r_t`` its pre-threshold output),
-        :func:`~sklearn_unfold.tuning.fit_step_threshold` finds ``γ, θ, g`` minimising
-        ``‖g·shrink(x_t + γu; θ) − X‖²`` (the gain in closed form); the layer is then rescaled
-        to take the step ``γ u`` (``B_t ← γB_t``; ``W_t ← γW_t``, ``S_t ← (1−γ)I + γS_t``;
-        ALISTA's ``γ_t ← γγ_t``), ``θ_t ← θ`` and ``g_t ← g``.
-
-        For ``"cp"`` and ``"lista"`` the fit is done for two directions and the better one is
-        kept: the layer's current matrices (``B = Aᵀ/L``, ISTA's matched back-projection) and the
-        regularised pseudo-inverse ``A⁺`` of :func:`pseudo_inverse_weight` (``B = A⁺``;
-        ``W = A⁺``, ``S = I − A⁺A``). ISTA's step ``1/L`` and threshold ``α/L`` are far from
-        what a layer of a short network wants, and Adam moves a scalar by about its learning
-        rate per step: on the giid reference problem, with support selection, the first layer
-        goes from −1.3 dB (ISTA's matrices and threshold) to −3.9 dB with the matched direction
-        and −6.5 dB with ``A⁺`` (``γ ≈ 1.8``, ``θ ≈ 0.52``, ``g ≈ 1.6``; −6.1 dB at
-        ``g = 1``). Tied matrices are shared by every layer, so with ``tied=True`` only ``θ_t``
-        and ``g_t`` are fitted after the first layer (ALISTA, which has no matrices, still fits
+        With the earlier layers' output ``x_t`` and the layer's update ``u = r_t − x_t`` (``r_t``
+        its pre-threshold output), :func:`~sklearn_unfold.tuning.fit_step_threshold` finds
+        ``γ, θ`` minimising ``‖shrink(x_t + γu; θ) − X‖²``; the layer is then rescaled to take
+        the step ``γ u`` (``B_t ← γB_t``; ``W_t ← γW_t``, ``S_t ← (1−γ)I + γS_t``; ALISTA's
+        ``γ_t ← γγ_t``) and ``θ_t ← θ``. The ISTA start's step ``1/L`` and threshold ``α/L``
+        are far from what a layer of a short network wants (on the giid reference problem the
+        first layer goes from −1.3 to −3.8 dB at ``γ ≈ 4.8``, ``θ ≈ 0.55``), and Adam moves
+        a scalar by about its learning rate per step. Tied matrices are shared by every layer,
+        so with ``tied=True`` only ``θ_t`` is fitted after the first layer (ALISTA still fits
         ``γ_t``).
 
         Returns
         -------
         dict
-            ``layer``, ``direction`` (``"matched"`` for the current matrices, ``"pseudo_inverse"``,
-            or ``"analytic"`` for ALISTA), ``step``, ``threshold``, ``gain``,
-            ``nmse_db_before``, ``nmse_db_after`` (on the pairs given).
+            ``layer``, ``step``, ``threshold``, ``nmse_db_before``, ``nmse_db_after`` (on the
+            pairs given).
         """
         Y, X = Y.to(dtype=self.A.dtype), X.to(dtype=self.A.dtype)
         active, self.n_active = self.n_active, t
         x = self(Y)[-1] if t > 0 else torch.zeros_like(X)
         self.n_active = active
         zero = torch.zeros_like(self.thresholds[t])
+        update = self._layer(t, x, Y, zero) - x
         tune_step = self.variant == "alista" or not self.tied or t == 0
-        frac, gain0 = self.support_frac(t), float(self.gains[t])
-
-        def fit() -> dict:
-            update = self._layer(t, x, Y, zero, None) - x
-            return fit_step_threshold(x, update, X, float(self.thresholds[t]),
-                                      support_frac=frac, tune_step=tune_step, gain0=gain0)
-
-        best, direction = fit(), "analytic" if self.variant == "alista" else "matched"
-        if self.variant != "alista" and tune_step:
-            saved = [m.detach().clone() for m in self._matrices(t)]
-            self._set_direction(t, pseudo_inverse_weight(self.A))
-            candidate = fit()
-            if candidate["nmse_db_after"] < best["nmse_db_after"]:
-                candidate["nmse_db_before"] = best["nmse_db_before"]  # at the layer's start
-                best, direction = candidate, "pseudo_inverse"
-            else:
-                for m, old in zip(self._matrices(t), saved, strict=True):
-                    m.copy_(old)
-        if tune_step and best["step"] != 1.0:
-            self._rescale_step(t, best["step"])
-        self.thresholds[t].fill_(best["threshold"])
-        self.gains[t].fill_(best["gain"])
-        return {"layer": t + 1, "direction": direction, **best}
-
-    def _matrices(self, t: int) -> list[nn.Parameter]:
-        """The matrices layer ``t`` uses: ``[B_t]``, or ``[W_t]`` plus ``S_t`` where it has one."""
-        if self.variant == "cp":
-            return [self._mat(self.B, t)]
-        S = self.S[0] if (self.tied and len(self.S)) else (self.S[t - 1] if t > 0 else None)
-        return [self._mat(self.W, t)] + ([S] if S is not None else [])
-
-    def _set_direction(self, t: int, B: Tensor) -> None:
-        """Make layer ``t`` take the step ``x + B(y − Ax)`` (``"lista"``: ``W = B``, ``S = I − BA``)."""
-        mats = self._matrices(t)
-        mats[0].copy_(B)
-        if len(mats) > 1:
-            S = mats[1]
-            eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
-            S.copy_(eye - B.to(S.dtype) @ self.A.to(S.dtype))
+        fit = fit_step_threshold(x, update, X, float(self.thresholds[t]),
+                                 support_frac=self.support_frac(t), tune_step=tune_step)
+        if tune_step and fit["step"] != 1.0:
+            self._rescale_step(t, fit["step"])
+        self.thresholds[t].fill_(fit["threshold"])
+        return {"layer": t + 1, **fit}
 
     def _rescale_step(self, t: int, gamma: float) -> None:
         """Make layer ``t`` (and, tied, every layer) take ``γ`` times its current step."""
         if self.variant == "alista":
             self.steps[t].mul_(gamma)
-            return
-        mats = self._matrices(t)  # W ← γW, S ← (1−γ)I + γS: x + γ(Wy + Sx − x); B ← γB
-        mats[0].mul_(gamma)
-        if len(mats) > 1:
-            S = mats[1]
-            eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
-            S.mul_(gamma).add_(eye, alpha=1.0 - gamma)
+        elif self.variant == "cp":
+            self._mat(self.B, t).mul_(gamma)
+        else:  # W ← γW, S ← (1−γ)I + γS: x + γ(Wy + Sx − x)
+            self._mat(self.W, t).mul_(gamma)
+            S = self.S[0] if (self.tied and len(self.S)) else (self.S[t - 1] if t > 0 else None)
+            if S is not None:
+                eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
+                S.mul_(gamma).add_(eye, alpha=1.0 - gamma)
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters introduced by layer ``t``; tied matrices belong to layer 0."""
         if not 0 <= t < self.n_layers:
             raise IndexError(f"layer {t} out of range for {self.n_layers} layers.")
-        params: list[nn.Parameter] = [self.thresholds[t], self.gains[t]]
+        params: list[nn.Parameter] = [self.thresholds[t]]
         if self.variant == "alista":
             return params + [self.steps[t]]
         if self.tied:
@@ -367,8 +285,7 @@ class LISTANetwork(UnrolledNetwork):
         return params + [self.W[t]] + ([self.S[t - 1]] if t > 0 else [])
 
     def layer_summary(self) -> dict[str, np.ndarray]:
-        """Per-layer coefficients: ``threshold`` ``θ_t``, ``gain`` ``g_t``, ``step`` ``γ_t`` and
-        ``support_frac``.
+        """Per-layer coefficients: ``threshold`` ``θ_t``, ``step`` ``γ_t`` and ``support_frac``.
 
         For ``"lista"`` and ``"cp"`` the step is folded into the learned matrices and reported as 1.
         """
@@ -378,5 +295,4 @@ class LISTANetwork(UnrolledNetwork):
         else:
             step = np.ones(self.n_layers)
         frac = np.array([self.support_frac(t) for t in range(self.n_layers)])
-        gain = np.array([float(p.detach()) for p in self.gains])
-        return {"threshold": theta, "gain": gain, "step": step, "support_frac": frac}
+        return {"threshold": theta, "step": step, "support_frac": frac}
