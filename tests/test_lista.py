@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from sklearn_unfold.datasets import make_compressed_sensing
-from sklearn_unfold.networks.lista import LISTANetwork, analytic_weight, support_fraction
+from sklearn_unfold.networks.lista import (
+    LISTANetwork,
+    analytic_weight,
+    pseudo_inverse_weight,
+    support_fraction,
+)
 from sklearn_unfold.solvers import ista_iterates
 
 N, M = 64, 32
@@ -169,20 +174,43 @@ def _soft_np(r, theta):
     return np.sign(r) * np.maximum(np.abs(r) - theta, 0.0)
 
 
+def _pinv_np(A, ridge=1e-3):
+    """Aᵀ(AAᵀ + ρI)⁻¹ with ρ = ridge·tr(AAᵀ)/M, by numpy's least squares (not torch.solve)."""
+    G = A @ A.T
+    G = G + ridge * np.trace(G) / G.shape[0] * np.eye(G.shape[0])
+    return np.linalg.lstsq(G, A, rcond=None)[0].T
+
+
+def _direction_np(net, A, direction):
+    """The back-projection (N, M) of a layer's direction at the start, computed in numpy."""
+    return _pinv_np(A) if direction == "pseudo_inverse" else A.T / net.lipschitz
+
+
+def test_pseudo_inverse_weight_matches_numpy(problem):
+    _, _, A = problem
+    B = pseudo_inverse_weight(torch.as_tensor(A)).numpy()
+    np.testing.assert_allclose(B, _pinv_np(A), atol=1e-10)
+    # A⁺ projects onto the row space: A A⁺ ≈ I (up to the small ridge).
+    np.testing.assert_allclose(A @ B, np.eye(M), atol=2e-2)
+
+
 @pytest.mark.parametrize("variant", ["lista", "cp", "alista"])
 @pytest.mark.parametrize("t", [0, 2])
 def test_calibrate_layer_takes_the_fitted_step_exactly(problem, variant, t):
     """After calibration, layer t computes soft(x_t + γ u; θ) with the reported γ, θ, where u is
-    the layer's ISTA update at the start, computed here in numpy; and the fit beats the start."""
+    the update of the direction it kept, computed here in numpy; and the fit beats the start."""
     Y, X, A = problem
     net = LISTANetwork.from_ista(A, ALPHA, 4, variant=variant, dtype=torch.float64)
     with torch.no_grad():
         x = net(Y)[t - 1].numpy() if t > 0 else np.zeros(X.shape)
-    if variant == "alista":
-        u = float(net.steps[t].detach()) * (Y.numpy() - x @ A.T) @ net.W_analytic.numpy().T
-    else:
-        u = (Y.numpy() - x @ A.T) @ A / net.lipschitz
+    gamma_start = float(net.steps[t].detach()) if variant == "alista" else 1.0
     fit = net.calibrate_layer(t, Y, X)
+    if variant == "alista":
+        assert fit["direction"] == "analytic"
+        u = gamma_start * (Y.numpy() - x @ A.T) @ net.W_analytic.numpy().T
+    else:
+        assert fit["direction"] in ("matched", "pseudo_inverse")
+        u = (Y.numpy() - x @ A.T) @ _direction_np(net, A, fit["direction"]).T
     assert fit["layer"] == t + 1 and fit["step"] != 1.0
     assert fit["nmse_db_after"] < fit["nmse_db_before"] - 0.5
     assert float(net.thresholds[t].detach()) == pytest.approx(fit["threshold"])
@@ -205,6 +233,25 @@ def test_calibration_is_near_a_brute_force_grid_search(problem):
 
 
 @pytest.mark.parametrize("variant", ["lista", "cp"])
+def test_calibration_keeps_the_better_direction(problem, variant):
+    """Each direction's best (γ, θ) on a brute-force grid, in numpy: the fit reports the one
+    with the lower NMSE, and is within 0.02 dB of that direction's grid optimum."""
+    Y, X, A = problem
+    net = LISTANetwork.from_ista(A, ALPHA, 2, variant=variant, dtype=torch.float64)
+    fit = net.calibrate_layer(0, Y, X)
+    Xn = X.numpy()
+    grid = {}
+    for direction in ("matched", "pseudo_inverse"):
+        r0 = Y.numpy() @ _direction_np(net, A, direction).T
+        grid[direction] = 10 * np.log10(min(
+            ((_soft_np(g * r0, th) - Xn) ** 2).sum() / (Xn**2).sum()
+            for g in np.geomspace(0.25, 16, 60) for th in np.geomspace(1e-3, 3, 60)))
+    winner = min(grid, key=grid.get)
+    assert fit["direction"] == winner, (fit, grid)
+    assert fit["nmse_db_after"] <= grid[winner] + 0.02
+
+
+@pytest.mark.parametrize("variant", ["lista", "cp"])
 def test_tied_calibration_fits_the_threshold_only(problem, variant):
     Y, X, A = problem
     net = LISTANetwork.from_ista(A, ALPHA, 3, variant=variant, tied=True, dtype=torch.float64)
@@ -224,5 +271,6 @@ def test_tied_first_layer_rescales_the_shared_step_for_every_layer(problem):
     assert fit["step"] != 1.0
     with torch.no_grad():
         x1, x2 = (out.numpy() for out in net(Y)[:2])
-    r = x1 + fit["step"] * (Y.numpy() - x1 @ A.T) @ A / net.lipschitz
+    B = _direction_np(net, A, fit["direction"])
+    r = x1 + fit["step"] * (Y.numpy() - x1 @ A.T) @ B.T
     np.testing.assert_allclose(x2, _soft_np(r, float(net.thresholds[1].detach())), atol=1e-9)
