@@ -299,3 +299,18 @@ def test_failed_compilation_warns_and_predicts_eagerly(small, fitted, monkeypatc
         np.testing.assert_array_equal(compiled_est.predict(small["Yt"]), eager)
     # 500 rows in chunks of batch_size=100: one failed attempt for the call, not one per chunk
     assert compiled_est.batch_size < len(small["Yt"]) and len(calls) == 1
+
+
+def test_lista_does_not_amplify_the_error_of_denser_signals():
+    """Signals twice as dense as the training prior: the NMSE still falls layer after layer
+    (a per-layer gain fitted before training once made the last layers amplify such errors),
+    and every layer picks its starting direction among the two documented ones."""
+    Y, X, A = make_compressed_sensing("giid", 2000, n_features=64, n_measurements=32,
+                                      random_state=0)
+    est = LISTARegressor(A=A, n_layers=6, alpha=0.05, max_epochs=2,
+                         signal_prior="bernoulli_gaussian", **FAST).fit(Y, X)
+    assert {c["direction"] for c in est.calibration_} <= {"matched", "pseudo_inverse"}
+    Yd, Xd, _ = make_compressed_sensing("giid", 2000, A=A, sparsity=0.2, random_state=5)
+    curve = [nmse_db(Xd, Xh) for Xh in est.staged_predict(Yd)]
+    assert all(b < a + 0.05 for a, b in zip(curve, curve[1:], strict=False)), curve
+    assert curve[-1] < curve[0] - 3.0, curve
