@@ -35,6 +35,13 @@ def support_fraction(t: int) -> float:
     return min(1.2 * (t + 1), 13.0) / 100.0
 
 
+def _ridge_gram(A: Tensor, ridge: float) -> Tensor:
+    """``G = AAᵀ + ridge·tr(AAᵀ)/M · I`` (``M × M``), the Gram matrix both weights solve with."""
+    G = A @ A.T
+    return G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
+                                                               device=G.device)
+
+
 def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
     r"""ALISTA's analytic weight: the ``W`` of least coherence with ``A`` (Frobenius form).
 
@@ -56,10 +63,7 @@ def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
     W : tensor of shape (M, N), same dtype as ``A``; ``diag(WᵀA) = 1``.
     """
     A64 = A.to(torch.float64)
-    G = A64 @ A64.T
-    G = G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
-                                                            device=G.device)
-    GA = torch.linalg.solve(G, A64)
+    GA = torch.linalg.solve(_ridge_gram(A64, ridge), A64)
     W = GA / (A64 * GA).sum(dim=0, keepdim=True)
     return W.to(A.dtype)
 
@@ -85,10 +89,7 @@ def pseudo_inverse_weight(A: Tensor, ridge: float = 1e-3) -> Tensor:
     B : tensor of shape (N, M), same dtype and device as ``A``.
     """
     A64 = A.to(torch.float64)
-    G = A64 @ A64.T
-    G = G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
-                                                            device=G.device)
-    return torch.linalg.solve(G, A64).T.contiguous().to(A.dtype)
+    return torch.linalg.solve(_ridge_gram(A64, ridge), A64).T.contiguous().to(A.dtype)
 
 
 def _param(value, dtype, device) -> nn.Parameter:
