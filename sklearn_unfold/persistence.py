@@ -68,8 +68,9 @@ def _estimator_classes() -> dict[str, type]:
 def _allowed_object_bases() -> tuple[type, ...]:
     from .datasets import BernoulliGaussianPrior
     from .operators import LinearOperator
+    from .operators.ensembles import OperatorEnsemble
 
-    return (nn.Module, LinearOperator, BernoulliGaussianPrior)
+    return (nn.Module, LinearOperator, OperatorEnsemble, BernoulliGaussianPrior)
 
 
 def _class_ref(cls: type) -> str:

@@ -5,8 +5,10 @@ This module is the only place where an update rule is written. A classical solve
 learned layer (:mod:`sklearn_unfold.networks`) calls the same step with its parameters free.
 
 Conventions: batches are rows (``X`` is ``(n, N)``, ``Y`` is ``(n, M)``), per-sample scalars are
-``(n, 1)`` columns, ``op`` is a :class:`~sklearn_unfold.operators.LinearOperator`, and a learned
-matrix ``B`` of shape ``(N, M)`` acts on a residual batch ``V`` as ``V Bᵀ``.
+``(n, 1)`` columns, and a learned matrix ``B`` of shape ``(N, M)`` acts on a residual batch ``V``
+as ``V Bᵀ``. The operator ``op`` (a :class:`~sklearn_unfold.operators.LinearOperator`) is an
+argument of every step, never captured: one matrix shared by the batch, a fast transform, or
+one operator per sample flow through the same code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoisers import DenoiserFn, soft
+from .denoisers import DenoiserFn
 from .operators import LinearOperator
 
 _EPS = 1e-10
@@ -28,9 +30,12 @@ def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0) -> Tensor:
     With ``support_frac = q > 0``, the ``⌈qN⌉`` entries of largest magnitude in each row bypass
     the threshold (Chen et al.'s support selection): ``η(r)_i = r_i`` for them,
     ``sign(r_i) max(|r_i| − θ, 0)`` for the rest.
+
+    ``θ`` is a scalar (a 0-d or one-entry tensor) or a per-sample ``(n, 1)`` column.
     """
-    one = torch.ones((r.shape[0], 1), dtype=r.dtype, device=r.device)
-    value, _ = soft(r, one, theta.reshape(-1)[:1])
+    if isinstance(theta, Tensor) and theta.ndim == 1:
+        theta = theta.reshape(())
+    value = torch.sign(r) * torch.relu(r.abs() - theta)
     if support_frac > 0:
         k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
         if k > 0:
@@ -97,6 +102,7 @@ def amp_step(
     theta: Tensor,
     *,
     B: Tensor | None = None,
+    step: float | Tensor = 1.0,
     onsager_scale: float | Tensor = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""One AMP / LAMP iteration.
@@ -107,28 +113,31 @@ def amp_step(
         \hat x_{t+1} &= η(\hat x_t + B v_t;\ σ_t, θ) \\
         b_{t+1} &= c\,(N/M)\,\langle η'(\hat x_t + B v_t;\ σ_t, θ)\rangle
 
-    AMP is ``B = Aᵀ`` (``B=None``) and ``c = 1``; LAMP learns ``B``, ``θ`` and ``c`` per layer.
+    AMP is ``B = Aᴴ`` (``B=None``, ``β = 1``) and ``c = 1``. LAMP learns ``θ`` and ``c`` per
+    layer and either a matrix ``B`` (one fixed ``A``), or only a scalar ``β`` with
+    ``B = β Aᴴ`` taken from each sample's own operator (``B=None``, ``step=β``): the
+    operator-independent form that serves a random ``A`` per sample.
     Start with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0`` (so ``v_0 = y``); passing ``x=None``
     (``v_prev`` and ``onsager`` are then ignored) takes that first step without multiplying by
     the zero estimate.
 
     Returns ``(x̂_{t+1}, v_t, b_{t+1}, σ_t)``.
     """
-    M, N = op.shape
+    M, N = op.n_measurements, op.n_features
     if x is None:  # x̂_0 = 0: v_0 = y and r_0 = B y
         v = y
-        r = op.adjoint(v) if B is None else v @ B.T
+        r = step * op.adjoint(v) if B is None else v @ B.T
     else:
         v = op.residual(y + onsager * v_prev, x)
         # x + v Bᵀ in one GEMM (its add is fused): one pass fewer over the (n, N) entries
-        r = x + op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
+        r = x + step * op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
     sigma = v.norm(dim=-1, keepdim=True) / math.sqrt(M)
     sigma = sigma.clamp_min(_EPS)
     x_new, dmean = denoiser(r, sigma, theta)
     return x_new, v, onsager_scale * (N / M) * dmean, sigma
 
 
-def vamp_initial_precision(Y: Tensor, s: Tensor, noise_var: float | Tensor,
+def vamp_initial_precision(Y: Tensor, frobenius_sq: float | Tensor, noise_var: float | Tensor,
                            signal_second_moment: float) -> Tensor:
     r"""VAMP's starting precision ``γ2 = 1/m̂`` per sample, ``m̂`` estimated from the measurements.
 
@@ -137,7 +146,6 @@ def vamp_initial_precision(Y: Tensor, s: Tensor, noise_var: float | Tensor,
 
     .. math::
         \hat m = \max\Big(\frac{‖y‖² - Mσ_w²}{‖A‖_F^2},\ 10^{-2}\,E[x^2]\Big),
-        \qquad ‖A‖_F^2 = \textstyle\sum_i s_i^2,
 
     floored at 1 % of the prior's ``E[x²]`` (a measurement of pure noise). The reference VAMP
     code starts the same way (``‖y‖²/N``); a constant ``1/E[x²]`` for every sample starts
@@ -147,8 +155,9 @@ def vamp_initial_precision(Y: Tensor, s: Tensor, noise_var: float | Tensor,
     Parameters
     ----------
     Y : Tensor of shape (n, M)
-    s : Tensor of shape (R,)
-        Singular values of ``A``.
+    frobenius_sq : float or Tensor
+        ``‖A‖²_F`` (:meth:`~sklearn_unfold.operators.LinearOperator.frobenius_sq`): a scalar,
+        or an ``(n, 1)`` column for per-sample operators.
     noise_var : float or Tensor
         ``σw²`` (the LMMSE stage's ``1/γw``).
     signal_second_moment : float
@@ -158,40 +167,12 @@ def vamp_initial_precision(Y: Tensor, s: Tensor, noise_var: float | Tensor,
     -------
     Tensor of shape (n, 1)
     """
-    frob2 = (s * s).sum()
-    energy = (Y * Y).sum(dim=-1, keepdim=True) - Y.shape[-1] * noise_var
-    m_hat = (energy / frob2).clamp_min(1e-2 * signal_second_moment)
+    if isinstance(frobenius_sq, Tensor):
+        frobenius_sq = frobenius_sq.to(device=Y.device, dtype=Y.real.dtype)
+    energy = (Y.abs() ** 2 if Y.is_complex() else Y * Y).sum(dim=-1, keepdim=True)
+    m_hat = ((energy - Y.shape[-1] * noise_var) / frobenius_sq).clamp_min(
+        1e-2 * signal_second_moment)
     return 1.0 / m_hat
-
-
-def vamp_lmmse(
-    r2: Tensor,
-    gamma2: Tensor,
-    Uty: Tensor,
-    s: Tensor,
-    V: Tensor,
-    gamma_w: float | Tensor,
-    *,
-    gain_scale: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    r"""VAMP's LMMSE stage through the SVD ``A = U diag(s) Vᵀ``.
-
-    .. math::
-        \hat x_2 &= r_2 + V\,\mathrm{diag}(d)\,(Uᵀy - \mathrm{diag}(s) Vᵀ r_2),
-        \qquad d_i = \frac{γ_w s_i}{γ_w s_i^2 + γ_2} \\
-        α_2 &= 1 - \frac{1}{N}\sum_i d_i s_i
-             = \frac{1}{N}\Big(\sum_{i\le R} \frac{γ_2}{γ_w s_i^2 + γ_2} + N - R\Big)
-
-    ``gain_scale`` (shape ``(R,)``) multiplies ``d`` entrywise (LDVAMP's per-singular-value gains);
-    ``α2`` stays the exact divergence of the map. Returns ``(x̂2, α2)`` with ``α2`` of shape ``(n, 1)``.
-    """
-    N = V.shape[0]
-    d = gamma_w * s / (gamma_w * s * s + gamma2)
-    if gain_scale is not None:
-        d = d * gain_scale
-    x2 = r2 + (d * (Uty - s * (r2 @ V))) @ V.T
-    alpha2 = 1.0 - (d * s).sum(dim=-1, keepdim=True) / N
-    return x2, alpha2
 
 
 def _extrinsic(x: Tensor, alpha: Tensor, r: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,9 +186,8 @@ def _extrinsic(x: Tensor, alpha: Tensor, r: Tensor, gamma: Tensor) -> tuple[Tens
 def vamp_step(
     r2: Tensor,
     gamma2: Tensor,
-    Uty: Tensor,
-    s: Tensor,
-    V: Tensor,
+    context,
+    op: LinearOperator,
     gamma_w: float | Tensor,
     denoiser: DenoiserFn,
     theta: Tensor,
@@ -224,11 +204,15 @@ def vamp_step(
         &\hat x_1 = g_1(r_1; 1/\sqrt{γ_1}), \quad α_1 = \langle g_1' \rangle, \quad
         γ_2^+ = c_2 γ_1 (1-α_1)/α_1, \quad r_2^+ = (\hat x_1 - α_1 r_1)/(1-α_1)
 
+    with the LMMSE stage ``x̂2 = (γw AᴴA + γ2 I)⁻¹(γw Aᴴy + γ2 r2)`` of the operator ``op``
+    (:meth:`~sklearn_unfold.operators.LinearOperator.lmmse`: through its SVD, in closed form
+    for row-orthogonal operators, or by conjugate gradients) and ``context`` its
+    :meth:`~sklearn_unfold.operators.LinearOperator.lmmse_context` of the measurements.
     Classical VAMP has ``c_1 = c_2 = 1`` and the matched ``γ_w = 1/σ_w²``; LDVAMP learns
     ``γ_w``, the corrections ``c_1, c_2``, the gains and the denoiser per layer.
     Start from ``r_2 = 0`` and :func:`vamp_initial_precision`. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
     """
-    x2, alpha2 = vamp_lmmse(r2, gamma2, Uty, s, V, gamma_w, gain_scale=gain_scale)
+    x2, alpha2 = op.lmmse(r2, gamma2, context, gamma_w, gain_scale=gain_scale)
     r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)
     gamma1 = (gamma1_scale * gamma1).clamp_min(_EPS)
     x1, alpha1 = denoiser(r1, gamma1.rsqrt(), theta)

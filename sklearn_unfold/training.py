@@ -1,11 +1,14 @@
 """The training engine shared by every unrolled network.
 
 It knows modules, losses, optimisers and batches, not any algorithm: a network only has to
-implement the :class:`~sklearn_unfold.networks.UnrolledNetwork` interface (``forward``
+implement the :class:`~sklearn_unfold.networks.UnrolledNetwork` interface (``forward(Y, op)``
 returns every layer's estimate, ``layer_parameters(t)`` names what layer ``t`` adds,
-``n_active`` sets how many layers run).
+``n_active`` sets how many layers run). Of the measurement model it knows only "apply the
+operator": a batch is ``(Y, X, op)``, with ``op`` one operator shared by the batch or one per
+sample (fresh draws from an operator ensemble, so that the learned parameters serve every
+operator of the family rather than one matrix).
 
-The recipe (ALGORITHMS.md, "Training"):
+The recipe (Borgerding, Schniter and Rangan, 2017; Chen et al., 2018):
 
 * **layer-wise greedy** (``schedule="layerwise"``): for ``t = 0, 1, …``, switch layer ``t`` on,
   train its new parameters alone at ``learning_rate`` on the last layer's loss, then refine all
@@ -47,7 +50,9 @@ from sklearn.utils import check_random_state
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["PairBatches", "PriorBatches", "Stage", "Trainer", "layer_nmse"]
+from .operators import LinearOperator, as_operator
+
+__all__ = ["PairBatches", "PriorBatches", "Stage", "SyntheticBatches", "Trainer", "layer_nmse"]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -62,60 +67,158 @@ class PairBatches:
         Capped at ``n``; a last incomplete batch of a pass is skipped.
     random_state : int, RandomState instance or None
         Seeds the shuffles.
+    operator : LinearOperator
+        The operator of the pairs: shared, or one per pair (then indexed with the batch).
     """
 
-    def __init__(self, Y: Tensor, X: Tensor, batch_size: int, random_state=None):
-        self.Y, self.X = Y, X
+    def __init__(self, Y: Tensor, X: Tensor, batch_size: int, random_state=None, *,
+                 operator: LinearOperator):
+        self.Y, self.X, self.operator = Y, X, operator
         self.n_samples = int(Y.shape[0])
+        operator.check_batch(self.n_samples)
         self.batch_size = max(1, min(int(batch_size), self.n_samples))
         self._rng = check_random_state(random_state)
         self._order = None
         self._pos = self.n_samples
 
-    def __call__(self) -> tuple[Tensor, Tensor]:
+    def _next_index(self) -> Tensor:
         if self._pos + self.batch_size > self.n_samples:
             perm = self._rng.permutation(self.n_samples)
             self._order = torch.as_tensor(perm, device=self.Y.device)
             self._pos = 0
         idx = self._order[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.Y[idx], self.X[idx]
+        return idx
+
+    def __call__(self, n_samples: int | None = None) -> tuple[Tensor, Tensor, LinearOperator]:
+        """The next mini-batch ``(Y, X, op)``; ``n_samples``: successive mini-batches, joined,
+        until at least that many samples."""
+        idx = self._next_index()
+        if n_samples is not None:
+            parts = [idx]
+            while sum(p.numel() for p in parts) < n_samples:
+                parts.append(self._next_index())
+            idx = torch.cat(parts)
+        return self.Y[idx], self.X[idx], self.operator.take(idx)
 
 
-class PriorBatches:
-    """Fresh signals every step: ``X ~ prior``, ``Y = X Aᵀ + σw W`` with ``W ~ N(0, I)``.
+class SyntheticBatches:
+    """Fresh measurements every step: ``Y = A X + σw W``, ``W ~ N(0, I)``.
+
+    The signals are drawn from a prior, or resampled from training signals; the operator is one
+    fixed operator, or drawn afresh for every mini-batch from an operator ensemble (each of
+    ``operators_per_batch`` draws serving its block of the batch), which is how a network
+    learns parameters that serve the whole family rather than one matrix.
 
     Parameters
     ----------
-    prior : object
-        Has ``sample(n_samples, random_state) -> ndarray (n_samples, N)``.
-    A : Tensor of shape (M, N)
-        The operator the measurements are synthesised through (its dtype and device are used).
+    signals : object or Tensor of shape (n, N)
+        A prior with ``sample(n_samples, random_state) -> ndarray (n_samples, N)``, or training
+        signals to draw mini-batches from.
+    operator : LinearOperator or operator ensemble
+        A fixed operator (shared by every sample), or an object with
+        ``sample(n_samples, random_state, repeats=..., dtype=..., device=...)``.
     noise_var : float
         ``σw²``.
     batch_size : int
     random_state : int, RandomState instance or None
-        Seeds the signals and the noise.
+        Seeds the signals, the operators and the noise.
+    dtype, device
+        Of the batches.
+    operators_per_batch : int, default=10
+        Distinct operators drawn per mini-batch from an ensemble (capped at ``batch_size``;
+        rounded down to a divisor of it).
     """
 
-    def __init__(self, prior, A: Tensor, noise_var: float, batch_size: int, random_state=None):
-        self.prior, self.A = prior, A
+    def __init__(self, signals, operator, noise_var: float, batch_size: int, random_state=None,
+                 *, dtype: torch.dtype = torch.float64, device=None,
+                 operators_per_batch: int = 10):
+        self.signals, self.operator = signals, operator
         self.noise_std = math.sqrt(max(float(noise_var), 0.0))
         self.batch_size = int(batch_size)
+        self.dtype, self.device = dtype, device
+        self.operators_per_batch = max(1, int(operators_per_batch))
         self._rng = check_random_state(random_state)
+        self._ensemble = not isinstance(operator, LinearOperator)
+        self._n_features = int(operator.shape[-1])
+        self._n_measurements = int(operator.shape[-2])
+        if isinstance(signals, Tensor):
+            self._pairs = PairBatches(signals, signals, batch_size, self._rng,
+                                      operator=_Identity(signals.shape[1]))
 
-    def __call__(self) -> tuple[Tensor, Tensor]:
-        M, N = self.A.shape
-        X = np.asarray(self.prior.sample(self.batch_size, random_state=self._rng))
-        if X.shape != (self.batch_size, N):
+    def _signals(self, n: int) -> Tensor:
+        if isinstance(self.signals, Tensor):
+            return self._pairs(n if n != self._pairs.batch_size else None)[1][:n]
+        N = self._n_features
+        X = np.asarray(self.signals.sample(n, random_state=self._rng))
+        if X.shape != (n, N):
             raise ValueError(
-                f"signal_prior.sample({self.batch_size}, random_state) returned shape {X.shape}; "
-                f"expected ({self.batch_size}, {N}) to match A of shape {tuple(self.A.shape)}."
+                f"signal_prior.sample({n}, random_state) returned shape {X.shape}; expected "
+                f"({n}, {N}) to match the operator of shape {tuple(self.operator.shape)}."
             )
-        W = self._rng.standard_normal((self.batch_size, M))
-        X = torch.as_tensor(X, dtype=self.A.dtype).to(self.A.device)
-        W = torch.as_tensor(W, dtype=self.A.dtype).to(self.A.device)
-        return X @ self.A.T + self.noise_std * W, X
+        return torch.as_tensor(X, dtype=self.dtype).to(self.device)
+
+    def _operator(self, n: int) -> LinearOperator:
+        if not self._ensemble:
+            return self.operator
+        k = min(self.operators_per_batch, n)
+        while n % k:
+            k -= 1
+        return self.operator.sample(n, random_state=self._rng, repeats=n // k, dtype=self.dtype,
+                                    device=self.device)
+
+    def __call__(self, n_samples: int | None = None) -> tuple[Tensor, Tensor, LinearOperator]:
+        """A fresh mini-batch ``(Y, X, op)``; ``n_samples``: at least that many samples (for a
+        fixed operator, successive mini-batches joined)."""
+        if n_samples is not None and not self._ensemble:
+            parts = [self()]
+            while sum(p[0].shape[0] for p in parts) < n_samples:
+                parts.append(self())
+            return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                    self.operator)
+        n = self.batch_size if n_samples is None else int(n_samples)
+        X = self._signals(n)
+        op = self._operator(n)
+        W = self._rng.standard_normal((n, self._n_measurements))
+        W = torch.as_tensor(W, dtype=self.dtype).to(self.device)
+        return op.forward(X) + self.noise_std * W, X, op
+
+
+class PriorBatches(SyntheticBatches):
+    """Fresh signals from a prior every step, through one operator or an ensemble
+    (:class:`SyntheticBatches` with ``signals=prior``; the batches take the operator's dtype)."""
+
+    def __init__(self, prior, A, noise_var: float, batch_size: int, random_state=None, **kwargs):
+        if isinstance(A, Tensor):
+            A = as_operator(A, dtype=A.dtype, device=A.device)
+        if isinstance(A, LinearOperator):
+            kwargs.setdefault("dtype", A.dtype)
+            kwargs.setdefault("device", A.device)
+        super().__init__(prior, A, noise_var, batch_size, random_state, **kwargs)
+
+
+class _Identity(LinearOperator):
+    """The identity (a stand-in operator for batches of signals alone)."""
+
+    def __init__(self, n: int):
+        self.shape = (n, n)
+
+    @property
+    def dtype(self):
+        return torch.float64
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def adjoint(self, v: Tensor) -> Tensor:
+        return v
+
+    def to(self, dtype=None, device=None):
+        return self
 
 
 # ----------------------------------------------------------------------------- losses
@@ -227,17 +330,20 @@ class Trainer:
                                else tuple(float(f) for f in growth_factors))
 
     # ------------------------------------------------------------------ public
-    def fit(self, batches, validation: tuple[Tensor, Tensor], *, start_layer: int = 0,
+    def fit(self, batches, validation: tuple[Tensor, Tensor, LinearOperator], *,
+            start_layer: int = 0,
             history: list | None = None) -> Trainer:
         """Run every stage of the schedule; end on the best checkpoint, layers all active.
 
         Parameters
         ----------
         batches : callable
-            ``batches() -> (Y, X)``, one training mini-batch (:class:`PairBatches`,
-            :class:`PriorBatches`); ``batches.batch_size`` is quoted in memory errors.
-        validation : (Tensor, Tensor)
-            Held-out ``(Y, X)`` for early stopping and checkpoints.
+            ``batches() -> (Y, X, op)``, one training mini-batch (:class:`PairBatches`,
+            :class:`SyntheticBatches`); ``batches(n)`` draws ``n`` samples (for calibration);
+            ``batches.batch_size`` is quoted in memory errors.
+        validation : (Tensor, Tensor, LinearOperator)
+            Held-out ``(Y, X, op)`` for early stopping and checkpoints (``op`` shared, or one
+            per validation sample).
         start_layer : int, default=0
             Layer-wise training starts growing from this layer (a warm start).
         history : list, optional
@@ -325,8 +431,8 @@ class Trainer:
         self._show()
         bad_checks, recoveries, stop = 0, 0, "max_steps"
         while self._steps < stage.max_steps:
-            Y, X = self.batches()
-            loss = self._guarded_step(optimizer, Y, X, stage)
+            Y, X, op = self.batches()
+            loss = self._guarded_step(optimizer, Y, X, op, stage)
             self._steps += 1
             self._bar.update(1)
             val_db = None
@@ -371,23 +477,17 @@ class Trainer:
             return
         if not layers:
             return
-        Ys, Xs, n = [], [], 0
-        while n < self.calibration_samples:
-            Y, X = self.batches()
-            Ys.append(Y)
-            Xs.append(X)
-            n += Y.shape[0]
-        Y, X = torch.cat(Ys), torch.cat(Xs)
+        Y, X, op = self.batches(self.calibration_samples)
         self.module.eval()
         for t in layers:
-            record = self.module.calibrate_layer(t, Y, X)
+            record = self.module.calibrate_layer(t, Y, X, op)
             if record is not None:
                 self.calibration_.append(record)
 
-    def _guarded_step(self, optimizer, Y: Tensor, X: Tensor, stage: Stage) -> float:
+    def _guarded_step(self, optimizer, Y: Tensor, X: Tensor, op, stage: Stage) -> float:
         """:meth:`_train_step`, with out-of-memory errors turned into a clear message."""
         try:
-            return self._train_step(optimizer, Y, X, stage)
+            return self._train_step(optimizer, Y, X, op, stage)
         except torch.cuda.OutOfMemoryError as exc:
             bs = getattr(self.batches, "batch_size", Y.shape[0])
             raise torch.cuda.OutOfMemoryError(
@@ -397,11 +497,11 @@ class Trainer:
             ) from exc
 
     # ------------------------------------------------------------------ step
-    def _train_step(self, optimizer, Y: Tensor, X: Tensor, stage: Stage) -> float:
+    def _train_step(self, optimizer, Y: Tensor, X: Tensor, op, stage: Stage) -> float:
         """One optimiser step; returns the loss, or NaN (and takes no step) when not finite."""
         self.module.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self.module(Y), X, stage)
+        loss = self._loss(self.module(Y, op), X, stage)
         if not torch.isfinite(loss):
             return float("nan")
         loss.backward()
@@ -428,14 +528,15 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     def _validate_db(self) -> float:
         """NMSE (dB) of the last active layer on the validation pairs."""
-        Yv, Xv = self.validation
+        Yv, Xv, opv = self.validation
         self.module.eval()
         err = 0.0
         with torch.no_grad():
             for start in range(0, Yv.shape[0], self.eval_batch_size):
                 sl = slice(start, start + self.eval_batch_size)
-                err += float(((self.module(Yv[sl])[-1] - Xv[sl]) ** 2).sum())
-        ref = max(float((Xv * Xv).sum()), 1e-300)
+                est = self.module(Yv[sl], opv.take(sl))[-1]
+                err += float(((est - Xv[sl]).abs() ** 2).sum())
+        ref = max(float((Xv.abs() ** 2).sum()), 1e-300)
         return 10.0 * math.log10(err / ref) if math.isfinite(err) and err > 0 else (
             -300.0 if err == 0 else float("nan"))
 

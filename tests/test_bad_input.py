@@ -194,9 +194,11 @@ A_CASES = {
     "A-1d": (lambda A: A[0], ValueError, r"A must be a 2-D array.*got 1-D input of shape \(20,\)"),
     "A-complex": (lambda A: A + 0.5j, ValueError,
                   r"A is complex \(complex128\): Complex data not supported"),
-    "A-sparse": (lambda A: sp.csr_matrix(A), TypeError,  # parameter validation refuses it
-                 r"(?s)The 'A' parameter of \w+ must be an array-like or None\. Got "
-                 r"<Compressed Sparse Row sparse matrix.*shape \(10, 20\)>"),
+    "A-sparse-wrong-shape": (lambda A: sp.csr_matrix(A[:, :-1]), ValueError,
+                             r"A has shape \(10, 19\) but the data have 10 measurement\(s\)"),
+    "A-per-sample": (lambda A: np.stack([A, A]), ValueError,
+                     r"A has shape \(2, 10, 20\): a batch of per-sample operators"),
+    "A-object": (lambda A: object(), Exception, r"A"),
 }
 
 
@@ -241,7 +243,7 @@ N_BAD_INPUTS = len(FIT_CASES) + len(PREDICT_CASES) + len(A_CASES) + len(PARAM_CA
 
 
 def test_count_of_bad_inputs():
-    assert N_BAD_INPUTS == 41
+    assert N_BAD_INPUTS == 43
 
 
 # --------------------------------------------------------------------------- inputs that work

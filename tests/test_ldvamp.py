@@ -9,7 +9,7 @@ import torch
 from sklearn_unfold.datasets import make_compressed_sensing
 from sklearn_unfold.denoisers import bg_theta, default_theta, get_denoiser
 from sklearn_unfold.networks.ldvamp import LDVAMPNetwork
-from sklearn_unfold.operators import conditioned_matrix
+from sklearn_unfold.operators import PartialDCT, as_operator, conditioned_matrix, gaussian_matrix
 from sklearn_unfold.solvers import vamp_iterates
 
 N, M = 64, 32
@@ -34,13 +34,14 @@ def _train(net, A, noise_var, n_steps, lr, batch=256, seed=0):
     """Plain Adam on the mean per-layer NMSE, fresh Bernoulli-Gaussian signals every step."""
     gen = np.random.default_rng(seed)
     A_t = torch.as_tensor(A, dtype=torch.float32)
+    op = as_operator(A_t, dtype=torch.float32)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(n_steps):
         X = torch.as_tensor((gen.random((batch, N)) < P) * gen.standard_normal((batch, N)),
                             dtype=torch.float32)
         Y = X @ A_t.T + np.sqrt(noise_var) * torch.as_tensor(gen.standard_normal((batch, M)),
                                                              dtype=torch.float32)
-        loss = sum(((x - X) ** 2).sum() for x in net(Y)) / (X**2).sum()
+        loss = sum(((x - X) ** 2).sum() for x in net(Y, op)) / (X**2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -56,13 +57,65 @@ def test_init_equals_vamp_iterates(problem, denoiser, tied, gains):
     theta = default_theta(denoiser) if denoiser in ("pwlin", "spline") else bg_theta(P, V)
     net = LDVAMPNetwork.from_vamp(A, denoiser, theta, noise_var, P * V, 6, tied=tied,
                                   gains=gains, dtype=torch.float64)
-    outs = net(Y)
+    op = as_operator(A, dtype=torch.float64)
+    assert net.operator_agnostic is not gains
+    assert net.n_gains == (M if gains else 0)
+    assert not any(isinstance(b, torch.Tensor) and b.ndim >= 2 for b in net.buffers())
+    outs = net(Y, op)
     fn = get_denoiser("bg" if denoiser == "mlp" else denoiser)
-    ref = [x.clone() for x in vamp_iterates(Y, torch.as_tensor(A), fn, torch.as_tensor(theta),
+    ref = [x.clone() for x in vamp_iterates(Y, op, fn, torch.as_tensor(theta),
                                             noise_var, P * V, max_iter=6, tol=0.0)]
     assert len(outs) == len(ref) == 6
     for out, x in zip(outs, ref, strict=True):
         torch.testing.assert_close(out.detach(), x, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("denoiser", ["bg", "mlp"])
+def test_init_equals_vamp_iterates_with_one_operator_per_sample(denoiser):
+    """A batch of per-sample matrices: the untrained network is vamp_iterates on that
+    per-sample operator, and each row is the network run on that row alone, through its own
+    matrix (the LMMSE stage and the starting precision of each sample come from its matrix)."""
+    n, noise_var = 6, 1e-3
+    rng = np.random.RandomState(4)
+    mats = [gaussian_matrix(M, N, random_state=rng) for _ in range(n)]
+    X = torch.as_tensor((rng.random_sample((n, N)) < P) * rng.standard_normal((n, N)))
+    Y = torch.as_tensor(np.einsum("imn,in->im", np.stack(mats), X.numpy())
+                        + np.sqrt(noise_var) * rng.standard_normal((n, M)))
+    op = as_operator(np.stack(mats), dtype=torch.float64)
+    assert op.per_sample and len(op) == n
+    theta = bg_theta(P, V)
+    net = LDVAMPNetwork.from_vamp(mats[0], denoiser, theta, noise_var, P * V, 5,
+                                  dtype=torch.float64)
+    with torch.no_grad():
+        outs = net(Y, op)
+        ref = list(vamp_iterates(Y, op, get_denoiser("bg"), torch.as_tensor(theta), noise_var,
+                                 P * V, max_iter=5, tol=0.0))
+        assert len(outs) == len(ref) == 5
+        for out, x in zip(outs, ref, strict=True):
+            torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-10)
+        for i, A_i in enumerate(mats):
+            alone = net(Y[i:i + 1], as_operator(A_i, dtype=torch.float64))
+            for out, x in zip(outs, alone, strict=True):
+                torch.testing.assert_close(out[i:i + 1], x, rtol=1e-9, atol=1e-10)
+        # and the result depends on each sample's own matrix
+        shared = net(Y, as_operator(mats[0], dtype=torch.float64))[-1]
+    assert not torch.allclose(shared[1:], outs[-1][1:], rtol=1e-3, atol=1e-3)
+    assert _nmse_db(outs[-1], X) < -15.0
+
+
+def test_gains_need_an_operator_with_as_many_singular_values(problem):
+    Y, _, A, noise_var = problem
+    net = LDVAMPNetwork.from_vamp(A, "bg", bg_theta(P, V), noise_var, P * V, 2, gains=True)
+    assert not net.operator_agnostic and net.n_gains == M
+    net(Y.float(), as_operator(A, dtype=torch.float32))
+    dct = PartialDCT.random(M, N, random_state=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=f"learned {M} per-singular-value gains"):
+        net(Y.float(), dct)
+    with pytest.raises(ValueError, match=f"learned {M} per-singular-value gains"):
+        net(Y.float()[:, :M - 4], as_operator(A[:M - 4], dtype=torch.float32))
+    with pytest.raises(ValueError, match="gains=True needs one fixed operator"):
+        LDVAMPNetwork.from_vamp(np.stack([A, A]), "bg", bg_theta(P, V), noise_var, P * V, 2,
+                                gains=True)
 
 
 @pytest.mark.parametrize("denoiser,gains", [("bg", True), ("bg", False), ("mlp", False)])
@@ -90,7 +143,7 @@ def test_gradients_reach_every_parameter(problem, denoiser, tied, gains):
     if denoiser == "mlp":  # move the zero-initialised last MLP layer off zero
         for mlp in net.mlps:
             torch.nn.init.normal_(mlp.net[-1].weight, std=0.01)
-    loss = sum(((x - X.float()) ** 2).mean() for x in net(Y))
+    loss = sum(((x - X.float()) ** 2).mean() for x in net(Y.float(), as_operator(A, dtype=torch.float32)))
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, name
@@ -113,7 +166,7 @@ def test_layer_parameters_and_summary(problem, denoiser, tied):
     assert summary["theta"].shape == (4, 2)
     assert summary["gain"].shape == (4, M)
     net.n_active = 2
-    assert len(net(torch.zeros(3, M))) == 2
+    assert len(net(torch.zeros(3, M), as_operator(A, dtype=torch.float32))) == 2
     pickle.loads(pickle.dumps(net))
     with pytest.raises(ValueError, match="denoiser"):
         LDVAMPNetwork.from_vamp(A, "nope", bg_theta(P, V), noise_var, P * V, 2)
@@ -124,24 +177,26 @@ def test_layer_parameters_and_summary(problem, denoiser, tied):
 def test_training_improves_on_init(problem):
     """From a mismatched prior (p = 0.3, v = 0.3) 300 Adam steps gain several dB at 4 layers."""
     Y, X, A, noise_var = problem
+    op = as_operator(A, dtype=torch.float32)
     net = LDVAMPNetwork.from_vamp(A, "bg", bg_theta(0.3, 0.3), noise_var, P * V, 4, gains=True)
     with torch.no_grad():
-        before = _nmse_db(net(Y.float())[-1], X.float())
+        before = _nmse_db(net(Y.float(), op)[-1], X.float())
     _train(net, A, noise_var, 300, 1e-2)
     with torch.no_grad():
-        after = _nmse_db(net(Y.float())[-1], X.float())
+        after = _nmse_db(net(Y.float(), op)[-1], X.float())
     assert after < before - 2.0, (before, after)
 
 
 def test_mlp_training_improves_on_init(problem):
     Y, X, A, noise_var = problem
+    op = as_operator(A, dtype=torch.float32)
     torch.manual_seed(0)
     net = LDVAMPNetwork.from_vamp(A, "mlp", bg_theta(0.3, 0.3), noise_var, P * V, 3, tied=True)
     with torch.no_grad():
-        before = _nmse_db(net(Y.float())[-1], X.float())
+        before = _nmse_db(net(Y.float(), op)[-1], X.float())
     _train(net, A, noise_var, 80, 1e-3, batch=64)
     with torch.no_grad():
-        after = _nmse_db(net(Y.float())[-1], X.float())
+        after = _nmse_db(net(Y.float(), op)[-1], X.float())
     assert after < before - 0.5, (before, after)
 
 
@@ -151,13 +206,14 @@ def test_finite_on_ill_conditioned_matrix(condition_number):
     Y, X, _, noise_var = make_compressed_sensing("giid", 200, A=A, random_state=2,
                                                  return_noise_var=True)
     Y, X = torch.as_tensor(Y, dtype=torch.float32), torch.as_tensor(X, dtype=torch.float32)
+    op = as_operator(A, dtype=torch.float32)
     net = LDVAMPNetwork.from_vamp(A, "bg", bg_theta(P, V), noise_var, P * V, 6, gains=True)
     with torch.no_grad():
-        outs = net(Y)
+        outs = net(Y, op)
     assert all(torch.isfinite(x).all() for x in outs)
     assert _nmse_db(outs[-1], X) < (-8.0 if condition_number < 100 else -3.0)
     _train(net, A, noise_var, 30, 1e-2)
     with torch.no_grad():
-        outs = net(Y)
+        outs = net(Y, op)
     assert all(torch.isfinite(x).all() for x in outs)
     assert all(torch.isfinite(p).all() for p in net.parameters())

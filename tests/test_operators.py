@@ -53,7 +53,7 @@ def test_dense_operator_adjoint_and_svd():
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-12)
     U, s, V = op.svd()
     np.testing.assert_allclose(((U * s) @ V.T).numpy(), A, atol=1e-12)
-    assert op.spectral_norm_sq() == pytest.approx(np.linalg.norm(A, 2) ** 2, rel=1e-10)
+    assert float(op.norm_sq()) == pytest.approx(np.linalg.norm(A, 2) ** 2, rel=1e-10)
     assert as_operator(op) is op
 
 

@@ -285,7 +285,7 @@ def test_unknown_nested_class_or_function_is_refused(amp_file, tmp_path, ref, ki
     def edit(header):
         state = header["estimator"]["state"]
         if kind == "object":
-            state["_op"]["class"] = ref
+            state["operator_"]["class"] = ref
         else:
             state["denoiser_"]["ref"] = ref
 

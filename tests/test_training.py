@@ -9,8 +9,17 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_unfold.datasets import BernoulliGaussianPrior, make_compressed_sensing
-from sklearn_unfold.networks import LAMPNetwork, LISTANetwork
-from sklearn_unfold.training import PairBatches, PriorBatches, Stage, Trainer, layer_nmse
+from sklearn_unfold.networks import LAMPNetwork, lista_from_ista
+from sklearn_unfold.operators import LinearOperator, as_operator
+from sklearn_unfold.operators.ensembles import GaussianEnsemble
+from sklearn_unfold.training import (
+    PairBatches,
+    PriorBatches,
+    Stage,
+    SyntheticBatches,
+    Trainer,
+    layer_nmse,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,8 +29,9 @@ def problem():
     Y, X, A = make_compressed_sensing("giid", 700, n_features=64, n_measurements=32,
                                       random_state=0)
     T = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    train = PairBatches(T(Y[:500]), T(X[:500]), 100, random_state=0)
-    return A, train, (T(Y[500:]), T(X[500:]))
+    op = as_operator(A, dtype=torch.float32)
+    train = PairBatches(T(Y[:500]), T(X[:500]), 100, random_state=0, operator=op)
+    return A, train, (T(Y[500:]), T(X[500:]), op)
 
 
 def _net(A, n_layers=3, **kw):
@@ -29,9 +39,9 @@ def _net(A, n_layers=3, **kw):
 
 
 def _val_db(net, validation):
-    Yv, Xv = validation
+    Yv, Xv, opv = validation
     with torch.no_grad():
-        return 10 * math.log10(float(layer_nmse(net(Yv)[-1:], Xv)[0]))
+        return 10 * math.log10(float(layer_nmse(net(Yv, opv)[-1:], Xv)[0]))
 
 
 def test_layerwise_schedule_grows_and_improves(problem):
@@ -80,9 +90,9 @@ def test_layer_stage_trains_only_the_new_layer(problem):
 def test_curriculum_loss_goes_from_mean_to_final(problem):
     A, train, _ = problem
     tr = Trainer(_net(A))
-    Y, X = train()
+    Y, X, op = train()
     with torch.no_grad():
-        outs = tr.module(Y)
+        outs = tr.module(Y, op)
     per = layer_nmse(outs, X)
     mean = tr._loss(outs, X, Stage("refine", 2, [], 1e-3, 1, final_weight=0.0))
     last = tr._loss(outs, X, Stage("refine", 2, [], 1e-3, 1, final_weight=1.0))
@@ -104,14 +114,14 @@ class _NaNTrainer(Trainer):
 
     n_bad = 2
 
-    def _train_step(self, optimizer, Y, X, stage):
+    def _train_step(self, optimizer, Y, X, op, stage):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls <= self.n_bad:
             with torch.no_grad():
                 for p in stage.params:
                     p.fill_(float("nan"))
             return float("nan")
-        return super()._train_step(optimizer, Y, X, stage)
+        return super()._train_step(optimizer, Y, X, op, stage)
 
 
 def test_non_finite_loss_rolls_back_and_lowers_the_rate(problem):
@@ -140,11 +150,11 @@ def test_unrecoverable_training_ends_on_the_best_finite_model(problem):
 
 
 class _InterruptTrainer(Trainer):
-    def _train_step(self, optimizer, Y, X, stage):
+    def _train_step(self, optimizer, Y, X, op, stage):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 25:
             raise KeyboardInterrupt
-        return super()._train_step(optimizer, Y, X, stage)
+        return super()._train_step(optimizer, Y, X, op, stage)
 
 
 def test_keyboard_interrupt_keeps_the_best_weights(problem):
@@ -153,7 +163,7 @@ def test_keyboard_interrupt_keeps_the_best_weights(problem):
     with pytest.warns(UserWarning, match="interrupted"):
         tr = _InterruptTrainer(net, max_steps=20, learning_rate=3e-3).fit(train, val)
     assert tr.interrupted_ and tr.history_[-1]["stop"] == "interrupted"
-    assert net.n_active == 3 and len(net(val[0])) == 3
+    assert net.n_active == 3 and len(net(val[0], val[2])) == 3
     # the interrupted stage (a refinement at depth 1) ended on its best checkpoint
     last = tr.history_[-1]
     assert last["layer"] == 1 and last["steps"] == 4
@@ -162,7 +172,7 @@ def test_keyboard_interrupt_keeps_the_best_weights(problem):
 
 
 class _OOMTrainer(Trainer):
-    def _train_step(self, optimizer, Y, X, stage):
+    def _train_step(self, optimizer, Y, X, op, stage):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
@@ -174,14 +184,38 @@ def test_out_of_memory_names_the_batch_size(problem):
 
 def test_pair_batches_cover_every_pair_once_per_pass():
     Y = torch.arange(10.0)[:, None]
-    batches = PairBatches(Y, 2 * Y, 5, random_state=0)
+    op = as_operator(torch.ones(1, 1))
+    batches = PairBatches(Y, 2 * Y, 5, random_state=0, operator=op)
     seen = torch.cat([batches()[0] for _ in range(2)]).ravel()
     assert sorted(seen.tolist()) == list(range(10))
-    y, x = batches()
-    assert torch.equal(x, 2 * y)
-    again = PairBatches(Y, 2 * Y, 5, random_state=0)
-    assert torch.equal(again()[0], PairBatches(Y, 2 * Y, 5, random_state=0)()[0])
-    assert PairBatches(Y, Y, 50).batch_size == 10
+    y, x, o = batches()
+    assert torch.equal(x, 2 * y) and o is op  # a shared operator serves every batch as is
+    again = PairBatches(Y, 2 * Y, 5, random_state=0, operator=op)
+    assert torch.equal(again()[0], PairBatches(Y, 2 * Y, 5, random_state=0, operator=op)()[0])
+    assert PairBatches(Y, Y, 50, operator=op).batch_size == 10
+    # batches(n): successive mini-batches joined until at least n samples
+    y, x, o = PairBatches(Y, 2 * Y, 4, random_state=0, operator=op)(7)
+    assert y.shape == (8, 1) and torch.equal(x, 2 * y) and o is op
+
+
+def test_pair_batches_index_a_per_sample_operator_with_the_batch():
+    """Pair i's operator (here the matrix filled with i) travels with pair i."""
+    n = 10
+    Y = torch.arange(float(n))[:, None]
+    mats = torch.arange(float(n), dtype=torch.float64)[:, None, None] * torch.ones(n, 2, 3)
+    op = as_operator(mats)
+    batches = PairBatches(Y, 2 * Y, 4, random_state=0, operator=op)
+    for _ in range(5):
+        y, x, o = batches()
+        assert o.per_sample and o.shape == (4, 2, 3)
+        torch.testing.assert_close(o.to_dense()[:, 0, 0], y.ravel().double())
+    y, x, o = batches(10)  # three batches of 4 joined
+    assert y.shape == (12, 1) and len(o) == 12
+    torch.testing.assert_close(o.to_dense()[:, 1, 2], y.ravel().double())
+    torch.testing.assert_close(o.forward(torch.ones(12, 3, dtype=torch.float64)),
+                               3 * y.double().expand(12, 2))
+    with pytest.raises(ValueError, match="per-sample operators"):
+        PairBatches(Y[:5], Y[:5], 2, operator=op)
 
 
 def test_prior_batches_synthesise_measurements_through_A():
@@ -189,11 +223,17 @@ def test_prior_batches_synthesise_measurements_through_A():
     A = torch.as_tensor(rng.standard_normal((16, 32)) / 4, dtype=torch.float64)
     prior = BernoulliGaussianPrior(0.2, 1.0, n_features=32)
     batches = PriorBatches(prior, A, noise_var=0.01, batch_size=4000, random_state=0)
-    Y, X = batches()
-    assert Y.shape == (4000, 16) and X.shape == (4000, 32)
+    Y, X, op = batches()
+    assert isinstance(op, LinearOperator) and not op.per_sample
+    assert torch.equal(op.to_dense(), A)
+    assert Y.shape == (4000, 16) and X.shape == (4000, 32) and Y.dtype == X.dtype == A.dtype
     assert float((Y - X @ A.T).var()) == pytest.approx(0.01, rel=0.05)
     assert float((X != 0).double().mean()) == pytest.approx(0.2, abs=0.01)
     assert not torch.equal(batches()[1], X)  # fresh signals every call
+    # the operator may be given as one
+    Y2, _, op2 = PriorBatches(prior, as_operator(A), 0.01, 10, random_state=0)()
+    assert torch.equal(Y2, Y[:10]) or Y2.shape == (10, 16)
+    assert torch.equal(op2.to_dense(), A)
 
     class Bad:
         def sample(self, n, random_state=None):
@@ -201,6 +241,82 @@ def test_prior_batches_synthesise_measurements_through_A():
 
     with pytest.raises(ValueError, match=r"returned shape \(10, 5\); expected \(10, 32\)"):
         PriorBatches(Bad(), A, 0.01, 10)()
+
+
+def test_synthetic_batches_draw_fresh_operators_from_an_ensemble():
+    M, N = 16, 32
+    ensemble = GaussianEnsemble(M, N)
+    prior = BernoulliGaussianPrior(0.2, 1.0, n_features=N)
+    make = lambda seed, batch=1000, k=10: SyntheticBatches(  # noqa: E731
+        prior, ensemble, 0.01, batch, random_state=seed, operators_per_batch=k)
+    batches = make(0)
+    Y, X, op = batches()
+    assert Y.shape == (1000, M) and X.shape == (1000, N) and Y.dtype == torch.float64
+    assert op.per_sample and op.shape == (1000, M, N)
+    dense = op.to_dense()
+    # 10 distinct draws, each serving its block of 100 consecutive samples
+    assert all(torch.equal(dense[i], dense[100 * (i // 100)]) for i in range(1000))
+    firsts = dense[::100]
+    assert len({float(a.sum()) for a in firsts}) == 10
+    assert float(firsts.var()) == pytest.approx(1.0 / M, rel=0.1)  # entries N(0, 1/M)
+    resid = Y - torch.einsum("imn,in->im", dense, X)
+    assert float(resid.var()) == pytest.approx(0.01, rel=0.05)
+    assert float((X != 0).double().mean()) == pytest.approx(0.2, abs=0.01)
+    # fresh operators (and signals) every call; reproducible from the seed
+    Y2, X2, op2 = batches()
+    assert not torch.equal(op2.to_dense()[0], dense[0]) and not torch.equal(X2, X)
+    Y3, _, op3 = make(0)()
+    assert torch.equal(Y3, Y) and torch.equal(op3.to_dense(), dense)
+    # batches(n) draws n samples; the draws per batch are rounded down to a divisor of it
+    Yn, Xn, opn = batches(250)
+    assert Yn.shape == (250, M) and len(opn) == 250
+    _, _, odd = make(1, batch=12, k=5)()
+    assert len({float(a.sum()) for a in odd.to_dense()}) == 4
+
+
+def test_synthetic_batches_resample_training_signals_through_a_fixed_operator():
+    rng = np.random.RandomState(0)
+    A = torch.as_tensor(rng.standard_normal((8, 12)) / 3)
+    signals = torch.as_tensor(rng.standard_normal((30, 12)))
+    op = as_operator(A)
+    batches = SyntheticBatches(signals, op, 0.0, 10, random_state=0)
+    Y, X, o = batches()
+    assert o is op and X.shape == (10, 12)
+    assert all(any(torch.equal(x, s) for s in signals) for x in X)
+    torch.testing.assert_close(Y, X @ A.T)
+    Y, X, o = batches(25)  # successive batches joined, the one operator
+    assert Y.shape == (30, 8) and o is op
+    torch.testing.assert_close(Y, X @ A.T)
+
+
+@pytest.mark.parametrize("kind", ["lamp", "alista"])
+def test_training_over_an_ensemble_improves_on_fresh_operators(kind):
+    """Trained on a fresh Gaussian matrix per block of samples, the operator-independent
+    networks (LAMP with B_t = β_t Aᵀ, ALISTA with W = A) beat their untrained selves on
+    operators never seen in training (a validation and a separate test draw)."""
+    M, N, noise_var = 16, 32, 1e-3
+    ensemble = GaussianEnsemble(M, N)
+    prior = BernoulliGaussianPrior(0.1, 1.0, n_features=N)
+    draw = lambda seed, n, k: SyntheticBatches(  # noqa: E731
+        prior, ensemble, noise_var, n, random_state=seed, dtype=torch.float32,
+        operators_per_batch=k)
+    train = draw(0, 64, 8)
+    val, test = draw(1, 400, 400)(), draw(2, 400, 400)()
+    if kind == "lamp":  # AMP with a mismatched prior to start from
+        net = LAMPNetwork.from_amp(ensemble.sample_one(0), "bg", [0.3, math.log(0.7 / 0.3)], 3,
+                                   parameterization="operator")
+    else:
+        net = lista_from_ista(ensemble.sample_one(0), 0.05, 3, variant="alista",
+                              operator_agnostic=True, lipschitz=(1 + math.sqrt(N / M)) ** 2)
+    assert net.operator_agnostic
+    before_val, before_test = _val_db(net, val), _val_db(net, test)
+    torch.manual_seed(0)
+    tr = Trainer(net, schedule="end_to_end", refine_factors=(0.1,), max_steps=60,
+                 eval_every=10, learning_rate=1e-2, calibration_samples=256).fit(train, val)
+    after_val, after_test = _val_db(net, val), _val_db(net, test)
+    assert after_val == pytest.approx(tr.history_[-1]["val_nmse_db"], abs=1e-3)
+    assert after_val < before_val - 1.0, (before_val, after_val)
+    assert after_test < before_test - 1.0, (before_test, after_test)
 
 
 def test_verbose_shows_stage_layer_and_nmse(problem, capsys):
@@ -214,7 +330,7 @@ def test_verbose_shows_stage_layer_and_nmse(problem, capsys):
 
 
 def _lista(A, n_layers=3):
-    return LISTANetwork.from_ista(A, 0.05, n_layers, variant="cp", support_selection=True)
+    return lista_from_ista(A, 0.05, n_layers, variant="cp", support_selection=True)
 
 
 def test_new_layers_are_calibrated_once_before_training(problem):

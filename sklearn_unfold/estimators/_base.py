@@ -4,13 +4,23 @@ An estimator of this package is a regressor from measurements ``Y (n, M)`` to si
 ``X (n, N)``: ``fit(Y, X)``, ``predict(Y) -> X̂``. This base class turns ``fit``'s inputs into
 validated float64 arrays and the fitted state that the solvers and networks need:
 
-* ``A_``: the sensing matrix (given, checked against the data, or estimated from the pairs by
-  ridge-regularised least squares when ``A=None``);
+* ``A_`` and ``operator_``: the sensing operator. ``A`` may be a dense matrix (given, checked
+  against the data, or estimated from the pairs by ridge-regularised least squares when
+  ``A=None``), a ``scipy.sparse`` matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+  :class:`~sklearn_unfold.operators.LinearOperator` (a fast transform, say), or an operator
+  ensemble (a random family: each sample has its own operator). ``operator_`` is the float64
+  :class:`~sklearn_unfold.operators.LinearOperator` that ``predict`` uses when it is not given
+  per-sample operators (``None`` for an ensemble);
+* per-sample operators: ``fit``, ``predict``, ``staged_predict`` and ``score`` take
+  ``operator=`` (one operator per sample: an ``(n, M, N)`` array or a per-sample
+  :class:`~sklearn_unfold.operators.LinearOperator`), sample-aligned metadata that
+  scikit-learn's metadata routing splits with the samples;
 * ``sparsity_``, ``signal_var_``: the Bernoulli-Gaussian prior fitted to ``X``;
 * ``noise_var_``: the noise variance, given or estimated from ``Y − X A_ᵀ``.
 
 Subclasses implement ``_fit_solver`` (what ``fit`` does after validation) and ``_iterate``
-(a generator of per-iteration / per-layer estimates for one chunk of measurements).
+(a generator of per-iteration / per-layer estimates for one chunk of measurements and its
+operator).
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.metrics import r2_score
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ..datasets import BernoulliGaussianPrior
+from ..operators import LinearOperator, as_operator
+from ..operators.ensembles import OperatorEnsemble
 
 _RIDGE = 1e-8
 
@@ -41,6 +54,11 @@ def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int |
     if np.iscomplexobj(A):
         raise ValueError(f"A is complex ({np.asarray(A).dtype}): Complex data not supported; "
                          "complex-valued operators are not supported yet.")
+    if not sp.issparse(A) and np.ndim(A) == 3:
+        raise ValueError(
+            f"A has shape {np.shape(A)}: a batch of per-sample operators. The constructor's A is "
+            "one operator for every sample; pass per-sample operators to fit/predict as "
+            "operator=..., or an operator ensemble as A.")
     if not sp.issparse(A) and np.ndim(A) != 2:
         raise ValueError(f"A must be a 2-D array of shape (n_measurements, n_features); got "
                          f"{np.ndim(A)}-D input of shape {np.shape(A)}.")
@@ -82,7 +100,8 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     """Shared machinery of the classical and learned recovery estimators (not public)."""
 
     _parameter_constraints: dict = {
-        "A": ["array-like", None],
+        "A": ["array-like", "sparse matrix", HasMethods(["forward", "adjoint"]),
+              HasMethods(["matvec"]), HasMethods(["sample"]), None],
         "noise_var": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
     }
@@ -95,8 +114,14 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         return tags
 
     # ---------------------------------------------------------------- fit helpers
-    def _validate_fit_data(self, Y, X) -> tuple[np.ndarray, np.ndarray]:
-        """Validate ``fit(Y, X)`` and set ``A_``, the prior and ``noise_var_``."""
+    def _validate_fit_data(self, Y, X, operator=None
+                           ) -> tuple[np.ndarray, np.ndarray, LinearOperator | None]:
+        """Validate ``fit(Y, X)`` and set ``A_``, ``operator_``, the prior and ``noise_var_``.
+
+        ``operator`` holds the training pairs' own operators (per-sample metadata). Returns
+        ``(Y, X, op)`` with ``op`` the operators of the pairs (per-sample, or the fixed
+        ``operator_``; ``None`` for an ensemble without them).
+        """
         if X is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None: "
@@ -114,28 +139,66 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         X = X.astype(np.float64, copy=False)
         self._target_1d = X.ndim == 1
         X2 = X.reshape(-1, 1) if X.ndim == 1 else X
-        if self.A is None:
+        n, M, N = Y.shape[0], Y.shape[1], X2.shape[1]
+        fit_op = check_sample_operators(operator, n, M, N)
+        if fit_op is not None and self.A is not None and not isinstance(self.A, OperatorEnsemble):
+            raise ValueError(
+                "fit got per-sample operators (operator=...) and a fixed A as well; pass one or "
+                "the other (A may be an operator ensemble, which the per-sample operators were "
+                "drawn from).")
+        if isinstance(self.A, OperatorEnsemble):
+            _check_operator_shape("A", self.A.shape, M, N)
+            self.A_, self.operator_ = self.A, None
+        elif self.A is None and fit_op is not None:
+            self.A_, self.operator_ = None, None
+        elif self.A is None:
             self.A_ = estimate_sensing_matrix(Y, X2)
+            self.operator_ = as_operator(self.A_)
+        elif _is_dense_matrix(self.A):
+            self.A_ = check_sensing_matrix(self.A, M, N)
+            self.operator_ = as_operator(self.A_)
         else:
-            self.A_ = check_sensing_matrix(self.A, Y.shape[1], X2.shape[1])
+            self.operator_ = check_operator(self.A, M, N)
+            self.A_ = self.A if isinstance(self.A, LinearOperator) else self.operator_
+        fit_op = fit_op if fit_op is not None else self.operator_
+        self._n_signal = N
         prior = BernoulliGaussianPrior().fit(X2)
         self.sparsity_ = prior.sparsity
         self.signal_var_ = prior.var
         if self.noise_var == "auto":
-            resid = Y - X2 @ self.A_.T
+            if fit_op is None:
+                raise ValueError(
+                    "noise_var='auto' estimates the noise from Y − A X, which needs the training "
+                    "pairs' operators: A is an operator ensemble, so pass the operators the pairs "
+                    "were measured with (fit(Y, X, operator=...)) or set noise_var.")
+            X_t = torch.from_numpy(np.require(X2, requirements=["C", "W"]))
+            resid = Y - fit_op.forward(X_t).numpy()
             floor = 1e-10 * max(float(np.mean(Y**2)), 1e-300)
             self.noise_var_ = max(float(np.mean(resid**2)), floor)
         else:
             self.noise_var_ = float(self.noise_var)
-        return Y, X2
+        return Y, X2, fit_op
+
+    def _n_signal_features(self) -> int:
+        """``N``, the length of the signals (columns of the training ``X``)."""
+        return self._n_signal
 
     # ---------------------------------------------------------------- predict helpers
-    def _validate_predict_data(self, Y) -> np.ndarray:
+    def _validate_predict_data(self, Y, operator=None) -> tuple[np.ndarray, LinearOperator]:
+        """Validate ``Y`` and find the operator of each sample (given, or the fitted one)."""
         check_is_fitted(self)
         _check_input_form(self, Y=Y)
         Y = validate_data(self, Y, reset=False, dtype=np.float64, ensure_all_finite=False)
         _check_finite("Y", Y)
-        return Y
+        op = check_sample_operators(operator, Y.shape[0], Y.shape[1], self._n_signal_features())
+        if op is None:
+            op = self.operator_
+        if op is None:
+            raise ValueError(
+                f"{type(self).__name__} was fitted without one fixed operator (A is an operator "
+                "ensemble, or the training pairs came with their own operators): pass the "
+                "operator of each sample, predict(Y, operator=...).")
+        return Y, op
 
     def _format_output(self, X_hat: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(X_hat, torch.Tensor):
@@ -143,30 +206,35 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         X_hat = np.array(X_hat, dtype=np.float64, copy=True)
         return X_hat.ravel() if self._target_1d else X_hat
 
-    def _chunks(self, Y: np.ndarray):
+    def _chunks(self, Y: np.ndarray, op: LinearOperator):
         step = int(self.batch_size)
         for start in range(0, Y.shape[0], step):
-            yield Y[start:start + step]
+            sl = slice(start, start + step)
+            yield Y[sl], op.take(sl)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, operator=None) -> np.ndarray:
         """Recover the signals from measurements.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_measurements)
             Measurements ``Y`` (scikit-learn's ``X``).
+        operator : array-like of shape (n_samples, n_measurements, n_features) or \
+                LinearOperator, optional
+            The operator of each sample (per-sample metadata, routed by scikit-learn's
+            metadata routing); the fitted ``operator_`` when omitted.
 
         Returns
         -------
         X_hat : ndarray of shape (n_samples, n_features), float64
             (``(n_samples,)`` when the training targets were 1-D).
         """
-        Y = self._validate_predict_data(X)
+        Y, op = self._validate_predict_data(X, operator)
         out, start, n_iter = None, 0, 0
         iterate = self._chunk_iterator()
-        for chunk in self._chunks(Y):
+        for chunk, chunk_op in self._chunks(Y, op):
             last, steps = None, 0
-            for steps, x in enumerate(iterate(chunk), start=1):  # noqa: B007 (the last value is used after the loop)
+            for steps, x in enumerate(iterate(chunk, chunk_op), start=1):  # noqa: B007 (the last value is used after the loop)
                 last = x
             block = last.detach().cpu().numpy() if isinstance(last, torch.Tensor) else last
             if out is None:  # preallocate, so the output is never held twice (bounded memory)
@@ -177,7 +245,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         self._set_n_iter(n_iter)
         return out.ravel() if self._target_1d else out
 
-    def staged_predict(self, X):
+    def staged_predict(self, X, operator=None):
         """Yield the estimate after each iteration (classical) or layer (learned).
 
         The last value yielded equals :meth:`predict` ``(Y)``. Plots of NMSE against
@@ -187,21 +255,114 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_measurements)
             Measurements ``Y`` (scikit-learn's ``X``).
+        operator : array-like or LinearOperator, optional
+            The operator of each sample (see :meth:`predict`).
 
         Yields
         ------
         X_hat : ndarray of shape (n_samples, n_features)
         """
-        Y = self._validate_predict_data(X)
-        for x in self._chunk_iterator()(Y):
+        Y, op = self._validate_predict_data(X, operator)
+        for x in self._chunk_iterator()(Y, op):
             yield self._format_output(x)
 
+    def score(self, X, y, sample_weight=None, operator=None) -> float:
+        """The coefficient of determination ``R²`` of ``predict(X)`` against the signals ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_measurements)
+            Measurements ``Y``.
+        y : array-like of shape (n_samples, n_features) or (n_samples,)
+            The true signals.
+        sample_weight : array-like of shape (n_samples,), optional
+        operator : array-like or LinearOperator, optional
+            The operator of each sample (see :meth:`predict`).
+
+        Returns
+        -------
+        score : float
+        """
+        return float(r2_score(y, self.predict(X, operator=operator),
+                              sample_weight=sample_weight))
+
     def _chunk_iterator(self):
-        """``chunk -> iterates``, made once per ``predict`` call (hook: per-call preparation)."""
+        """``(chunk, op) -> iterates``, made once per ``predict`` call (per-call preparation)."""
         return self._iterate
 
     def _set_n_iter(self, n_iter: int) -> None:
         """Hook: classical solvers record ``n_iter_``; learned networks have a fixed depth."""
+
+
+def _is_dense_matrix(A) -> bool:
+    if isinstance(A, (LinearOperator, OperatorEnsemble)) or sp.issparse(A):
+        return False
+    if isinstance(A, torch.Tensor):
+        return True
+    return not hasattr(A, "matvec") and hasattr(A, "__array__") or isinstance(A, (list, tuple))
+
+
+def _check_operator_shape(name: str, shape, M: int, N: int) -> None:
+    if tuple(shape[-2:]) != (M, N):
+        raise ValueError(
+            f"{name} has shape {tuple(shape)} but the data have {M} measurement(s) per sample "
+            f"(columns of Y) and {N} signal entries (columns of X): {name} must map R^{N} to "
+            f"R^{M}, i.e. have shape ({M}, {N}) per sample.")
+
+
+def check_operator(A, n_measurements: int, n_features: int, name: str = "A") -> LinearOperator:
+    """Validate a user-given shared operator (sparse, scipy or package operator) as float64."""
+    try:
+        op = as_operator(A, dtype=torch.float64, name=name)
+    except TypeError:
+        raise
+    if op.per_sample:
+        raise ValueError(
+            f"{name} has shape {op.shape}: a batch of per-sample operators. The constructor's A "
+            "is one operator for every sample; pass per-sample operators to fit/predict as "
+            "operator=..., or an operator ensemble as A.")
+    if op.is_complex:
+        raise ValueError(f"{name} is complex ({op.dtype}): Complex data not supported; the "
+                         "estimators recover real signals from real measurements (wrap a complex "
+                         "operator in sklearn_unfold.operators.RealView).")
+    _check_operator_shape(name, op.shape, n_measurements, n_features)
+    return op
+
+
+def check_sample_operators(operator, n_samples: int, n_measurements: int, n_features: int
+                           ) -> LinearOperator | None:
+    """Validate per-sample operators given as metadata: one per sample, of the data's shape.
+
+    Accepts an ``(n, M, N)`` array or tensor, or a :class:`LinearOperator` (per-sample, or
+    shared: then it serves every sample). Returns a float64 operator, or ``None``.
+    """
+    if operator is None:
+        return None
+    if isinstance(operator, OperatorEnsemble):
+        raise TypeError("operator must hold the operators of the samples (an (n, M, N) array or "
+                        "a per-sample LinearOperator), not an ensemble; draw them with "
+                        "ensemble.sample(n, random_state).")
+    if not isinstance(operator, LinearOperator) and not sp.issparse(operator) and not hasattr(
+            operator, "matvec"):
+        arr = operator.detach().cpu().numpy() if isinstance(operator, torch.Tensor) else \
+            np.asarray(operator)
+        if arr.ndim != 3:
+            raise ValueError(
+                f"operator must hold one matrix per sample, shape (n_samples, n_measurements, "
+                f"n_features) = ({n_samples}, {n_measurements}, {n_features}); got "
+                f"{arr.ndim}-D input of shape {arr.shape}.")
+        if np.iscomplexobj(arr):
+            raise ValueError(f"operator is complex ({arr.dtype}): Complex data not supported.")
+        arr = np.asarray(arr, dtype=np.float64)
+        _check_finite("operator", arr)
+        operator = arr
+    op = as_operator(operator, dtype=torch.float64, name="operator")
+    if op.is_complex:
+        raise ValueError(f"operator is complex ({op.dtype}): Complex data not supported; wrap it "
+                         "in sklearn_unfold.operators.RealView.")
+    _check_operator_shape("operator", op.shape, n_measurements, n_features)
+    op.check_batch(n_samples)
+    return op
 
 
 def _reject_complex(**arrays) -> None:

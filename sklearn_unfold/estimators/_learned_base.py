@@ -22,7 +22,8 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._parallel import warn_if_gpu_shared
 from ..datasets import resolve_prior
-from ..training import PairBatches, PriorBatches, Trainer
+from ..operators.ensembles import OperatorEnsemble
+from ..training import PairBatches, SyntheticBatches, Trainer
 from ._base import RecoveryEstimatorBase
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -79,12 +80,23 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
     #: The training engine; a subclass of :class:`~sklearn_unfold.training.Trainer` plugs in here.
     _trainer_class = Trainer
 
+    #: Distinct operators drawn per training mini-batch from an operator ensemble.
+    _operators_per_batch = 10
+
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, operator=None):
         """Initialise the network from the classical solver, then train it.
 
         The signature is scikit-learn's ``fit(X, y)``, used positionally as ``fit(Y, X)``.
+
+        With one fixed dense ``A`` the network learns matrices tied to it (the
+        ``"matrix"`` parameterisation). With an operator ensemble as ``A``, per-sample
+        operators, or a matrix-free operator, it learns only parameters that depend on no
+        matrix (the ``"operator"`` parameterisation, see the class docstring) and, with an
+        ensemble, every mini-batch draws fresh operators (and fresh signals with
+        ``signal_prior``): weights learned on one realisation of a random operator do not
+        serve the others.
 
         Parameters
         ----------
@@ -92,19 +104,26 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             Measurements ``Y``.
         y : array-like of shape (n_samples, n_features) or (n_samples,)
             The signals ``X`` behind them.
+        operator : array-like of shape (n_samples, n_measurements, n_features) or \
+                LinearOperator, optional
+            The operator of each training pair (per-sample metadata; request it with
+            ``set_fit_request(operator=True)`` under scikit-learn's metadata routing).
 
         Returns
         -------
         self : object
         """
-        Y, X = self._validate_fit_data(X, y)
+        Y, X, fit_op = self._validate_fit_data(X, y, operator)
         device, dtype = resolve_device(self.device), _DTYPES[self.dtype]
         warn_if_gpu_shared(device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        self.init_estimator_ = self._make_init_estimator().fit(Y, X)
-        module, start, history = self._initial_module(device, dtype, seed)
+        self.parameterization_ = self._parameterization(fit_op)
+        self.init_estimator_ = self._make_init_estimator()
+        init_op = fit_op if (fit_op is not None and fit_op is not self.operator_) else None
+        self.init_estimator_.fit(Y, X, operator=init_op)
         self.signal_prior_ = resolve_prior(self.signal_prior, X)
+        module, start, history = self._initial_module(device, dtype, seed, fit_op)
 
         to_t = lambda a: torch.as_tensor(a, dtype=dtype).to(device)  # noqa: E731
         n = Y.shape[0]
@@ -113,11 +132,31 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         val, train = perm[:n_val], perm[n_val:]
         if n_val == 0:
             val = train
-        if self.signal_prior_ is None:
-            batches = PairBatches(to_t(Y[train]), to_t(X[train]), self.batch_size, rng)
+        ensemble = self.A_ if isinstance(self.A_, OperatorEnsemble) else None
+        if ensemble is not None:
+            signals = self.signal_prior_ if self.signal_prior_ is not None else to_t(X[train])
+            batches = SyntheticBatches(signals, ensemble, self.noise_var_, self.batch_size, rng,
+                                       dtype=dtype, device=device,
+                                       operators_per_batch=self._operators_per_batch)
+        elif self.signal_prior_ is not None:
+            if fit_op.per_sample:
+                raise ValueError(
+                    "signal_prior draws fresh signals through the operator; with per-sample "
+                    "operators and no ensemble to draw from, leave signal_prior=None (or pass the "
+                    "ensemble the operators come from as A).")
+            batches = SyntheticBatches(self.signal_prior_, fit_op.to(dtype, device),
+                                       self.noise_var_, self.batch_size, rng, dtype=dtype,
+                                       device=device)
         else:
-            batches = PriorBatches(self.signal_prior_, to_t(self.A_), self.noise_var_,
-                                   self.batch_size, rng)
+            batches = PairBatches(to_t(Y[train]), to_t(X[train]), self.batch_size, rng,
+                                  operator=fit_op.take(train).to(dtype, device))
+        if fit_op is not None:
+            validation = (to_t(Y[val]), to_t(X[val]), fit_op.take(val).to(dtype, device))
+        else:  # an ensemble without the pairs' operators: measure the held-out signals afresh
+            held_out = SyntheticBatches(to_t(X[val]), ensemble, self.noise_var_, len(val),
+                                        check_random_state(seed), dtype=dtype, device=device,
+                                        operators_per_batch=len(val))
+            validation = held_out()
         steps_per_epoch = math.ceil(len(train) / min(self.batch_size, len(train)))
         trainer = self._trainer_class(
             module, schedule=self.training, curriculum=self.curriculum,
@@ -126,7 +165,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             max_steps=max(1, math.ceil(self.max_epochs * steps_per_epoch)),
             n_iter_no_change=self.n_iter_no_change, tol=self.tol, eval_every=self._eval_every,
             verbose=self.verbose, eval_batch_size=max(self.batch_size, 1024))
-        trainer.fit(batches, (to_t(Y[val]), to_t(X[val])), start_layer=start, history=history)
+        trainer.fit(batches, validation, start_layer=start, history=history)
         self.module_ = module
         self.history_ = trainer.history_
         if getattr(module, "calibrates", False):
@@ -136,16 +175,47 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         self._set_coefficients(module.layer_summary())
         return self
 
-    def _initial_module(self, device, dtype, seed):
+    def _parameterization(self, fit_op) -> str:
+        """``"matrix"`` for one fixed dense matrix, ``"operator"`` otherwise."""
+        if isinstance(self.A_, np.ndarray) and fit_op is self.operator_:
+            return "matrix"
+        return "operator"
+
+    def _shape_operator(self, fit_op):
+        """The operator a network is built from: the fixed one, or a representative draw."""
+        if self.operator_ is not None:
+            return self.operator_
+        if fit_op is not None:
+            return fit_op.take(slice(0, 1))
+        return self.A_.sample(1, random_state=0)
+
+    def _typical_lipschitz(self, fit_op) -> float:
+        """A representative ``‖A‖₂²`` of the operators the network will serve."""
+        if fit_op is not None:
+            sample = fit_op.take(slice(0, 64)) if fit_op.per_sample else fit_op
+            return float(sample.norm_sq().mean())
+        draws = self.A_.sample(16, random_state=0)
+        return float(draws.norm_sq().mean())
+
+    def _initial_module(self, device, dtype, seed, fit_op):
         """The module to train, the layer layer-wise training starts at, and the history."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = self._build_module(device, dtype)
+            module = self._build_module(device, dtype, fit_op)
             if self.init == "random":
                 _randomize_matrices(module)
         old = getattr(self, "module_", None)
-        if not (self.warm_start and old is not None
-                and getattr(self, "_architecture_", None) == self._architecture()):
+        if not (self.warm_start and old is not None):
+            return module, 0, []
+        before, now = getattr(self, "_architecture_", None), self._architecture()
+        if before != now:
+            changed = sorted(k for k in set(before or {}) | set(now)
+                             if (before or {}).get(k) != now.get(k))
+            warnings.warn(
+                f"warm_start=True, but the previous fit of this {type(self).__name__} differs in "
+                f"{', '.join(changed)} (before: {[(before or {}).get(k) for k in changed]}, now: "
+                f"{[now.get(k) for k in changed]}); its weights do not apply, so this fit starts "
+                "from the analytic initialisation.", UserWarning, stacklevel=4)
             return module, 0, []
         old_params = dict(old.named_parameters())
         with torch.no_grad():
@@ -157,8 +227,16 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
 
     def _architecture(self) -> dict:
         """What a warm start must find unchanged (everything but the depth)."""
+        if isinstance(self.A_, OperatorEnsemble):
+            operator = f"ensemble:{self.A_.fingerprint()}"
+        elif self.operator_ is not None:
+            operator = self.operator_.fingerprint()
+        else:
+            operator = "per-sample operators"
         return {"class": type(self).__name__, "tied": self.tied, "dtype": self.dtype,
-                "shape": self.A_.shape, **self._architecture_extra()}
+                "shape": (self.n_features_in_, self._n_signal_features()),
+                "parameterization": self.parameterization_, "operator": operator,
+                **self._architecture_extra()}
 
     def _architecture_extra(self) -> dict:
         return {}
@@ -167,11 +245,13 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         self.coefficients_ = summary
 
     # ------------------------------------------------------------------ predict
-    def _iterate(self, Y: np.ndarray, forward=None):
-        ref = next(self.module_.buffers())
+    def _iterate(self, Y: np.ndarray, op, forward=None):
+        ref = next(self.module_.parameters())
         Yt = torch.as_tensor(np.require(Y, requirements=["C", "W"]), dtype=ref.dtype).to(ref.device)
+        op = op.to(dtype=ref.dtype, device=ref.device)
+        self.module_.check_operator(op, Yt.shape[0])
         with torch.no_grad():
-            outputs = (forward or self.module_)(Yt)
+            outputs = (forward or self.module_)(Yt, op)
         yield from outputs
 
     def _chunk_iterator(self):
@@ -186,28 +266,28 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             return self._iterate
         compiled, failed = None, False
 
-        def forward(Yt: torch.Tensor):
+        def forward(Yt: torch.Tensor, op):
             nonlocal compiled, failed
             if not failed:
                 try:
                     if compiled is None:  # lazy: compiles on its first call
                         compiled = torch.compile(self.module_, dynamic=True)
-                    return compiled(Yt)
+                    return compiled(Yt, op)
                 except Exception as exc:  # a missing C++ compiler or Triton, an unsupported platform
                     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
                                   f"({type(exc).__name__}: {first_line[:200]}); predicting "
                                   "without it.", UserWarning, stacklevel=5)
                     failed = True
-            return self.module_(Yt)
+            return self.module_(Yt, op)
 
-        return lambda Y: self._iterate(Y, forward)
+        return lambda Y, op: self._iterate(Y, op, forward)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self):
         state = super().__getstate__()
         module = state.get("module_")
-        if module is not None and next(module.buffers()).device.type != "cpu":
+        if module is not None and next(module.parameters()).device.type != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")
         return state
 
@@ -315,7 +395,10 @@ ATTR_DOC = """
     n_layers_ : int
     coefficients_ : dict of ndarray
         The network's readable per-layer coefficients.
-    A_, sparsity_, signal_var_, noise_var_ : as in the classical estimators
+    A_, operator_, sparsity_, signal_var_, noise_var_ : as in the classical estimators
+    parameterization_ : {"matrix", "operator"}
+        ``"matrix"``: learned matrices tied to the one fixed dense ``A``; ``"operator"``: only
+        parameters that depend on no matrix (an ensemble, per-sample or matrix-free operators).
     signal_prior_ : object or None
         The fitted prior the training signals were drawn from."""
 

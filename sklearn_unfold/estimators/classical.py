@@ -17,7 +17,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..denoisers import bg_theta, get_denoiser
-from ..operators import DenseOperator
 from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
 from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase
@@ -34,7 +33,7 @@ class _ClassicalBase(RecoveryEstimatorBase):
     }
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, operator=None):
         """Validate the training pairs and fit what is ``"auto"``.
 
         The signature is scikit-learn's ``fit(X, y)``, used positionally as ``fit(Y, X)``:
@@ -46,19 +45,25 @@ class _ClassicalBase(RecoveryEstimatorBase):
             Measurements ``Y``.
         y : array-like of shape (n_samples, n_features) or (n_samples,)
             The signals ``X`` behind them.
+        operator : array-like of shape (n_samples, n_measurements, n_features) or \
+                LinearOperator, optional
+            The operator of each training pair (per-sample metadata; request it with
+            ``set_fit_request(operator=True)`` under scikit-learn's metadata routing).
 
         Returns
         -------
         self : object
         """
-        Y, X = self._validate_fit_data(X, y)
-        self._op = DenseOperator(torch.as_tensor(self.A_, dtype=_DTYPE))
+        Y, X, op = self._validate_fit_data(X, y, operator)
         self._fit_solver(Y, X)
         # n_iter_ is available after fit: the iterations needed on (up to) the first
         # _N_PROBE training measurements; every predict then updates it.
         steps = 0
-        for steps, _ in enumerate(self._iterate(Y[:_N_PROBE], warn=False), start=1):  # noqa: B007 (the last value is used after the loop)
-            pass
+        if op is not None:
+            probe = slice(0, _N_PROBE)
+            for steps, _ in enumerate(self._iterate(Y[probe], op.take(probe), warn=False),  # noqa: B007 (the last value is used after the loop)
+                                      start=1):
+                pass
         self._predict_stats = {"n_iter": steps}
         return self
 
@@ -68,11 +73,11 @@ class _ClassicalBase(RecoveryEstimatorBase):
     def _tensor(self, Y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.require(Y, dtype=np.float64, requirements=["C", "W"]))
 
-    def _iterate(self, Y: np.ndarray, warn: bool = True):
+    def _iterate(self, Y: np.ndarray, op, warn: bool = True):
         # no_grad per step, not around the yield: a paused generator must not switch autograd
         # off in the caller's code (interleaved staged_predict calls, a later learned fit).
         report = IterationReport()
-        iterates = self._solver_iterates(self._tensor(Y), report)
+        iterates = self._solver_iterates(self._tensor(Y), op, report)
         while True:
             with torch.no_grad():
                 x = next(iterates, None)
@@ -179,18 +184,18 @@ class ISTARegressor(_ClassicalBase):
         self.batch_size = batch_size
 
     def _fit_solver(self, Y, X) -> None:
-        self.lipschitz_ = self._op.spectral_norm_sq()
+        self.lipschitz_ = (float(self.operator_.norm_sq()) if self.operator_ is not None
+                           else None)
         if self.alpha == "auto":
-            M, N = self.A_.shape
             self.alpha_ = lasso_alpha_for_prior(self.sparsity_, self.signal_var_,
-                                                self.noise_var_, M / N)
+                                                self.noise_var_, Y.shape[1] / X.shape[1])
         else:
             self.alpha_ = float(self.alpha)
 
-    def _solver_iterates(self, Y, report):
-        return ista_iterates(Y, self._op, self.alpha_, max_iter=self.max_iter, tol=self.tol,
-                             accelerated=self._accelerated, lipschitz=self.lipschitz_,
-                             report=report)
+    def _solver_iterates(self, Y, op, report):
+        lipschitz = self.lipschitz_ if op is self.operator_ else None
+        return ista_iterates(Y, op, self.alpha_, max_iter=self.max_iter, tol=self.tol,
+                             accelerated=self._accelerated, lipschitz=lipschitz, report=report)
 
 
 class FISTARegressor(ISTARegressor):
@@ -231,7 +236,7 @@ class _MessagePassingBase(_ClassicalBase):
             if self.threshold == "auto":
                 self.threshold_ = soft_threshold_for_prior(
                     self.sparsity_, self.signal_var_, self.noise_var_,
-                    self.A_.shape[0] / self.A_.shape[1], algorithm=self._algorithm)
+                    Y.shape[1] / X.shape[1], algorithm=self._algorithm)
             else:
                 self.threshold_ = float(self.threshold)
             theta = np.array([self.threshold_, 1.0])
@@ -300,8 +305,8 @@ class AMPRegressor(_MessagePassingBase):
         self.signal_var = signal_var
         self.batch_size = batch_size
 
-    def _solver_iterates(self, Y, report):
-        return amp_iterates(Y, self._op, self.denoiser_, self.theta_, max_iter=self.max_iter,
+    def _solver_iterates(self, Y, op, report):
+        return amp_iterates(Y, op, self.denoiser_, self.theta_, max_iter=self.max_iter,
                             tol=self.tol, damping=self.damping, report=report)
 
 
@@ -352,10 +357,10 @@ class VAMPRegressor(_MessagePassingBase):
 
     def _fit_solver(self, Y, X) -> None:
         super()._fit_solver(Y, X)
-        self._svd = self._op.svd()
-        self.singular_values_ = self._svd[1].numpy().copy()
+        svd = self.operator_.svd() if self.operator_ is not None else None
+        self.singular_values_ = svd[1].numpy().copy() if svd is not None else None
 
-    def _solver_iterates(self, Y, report):
-        return vamp_iterates(Y, self._op, self.denoiser_, self.theta_, self.noise_var_,
+    def _solver_iterates(self, Y, op, report):
+        return vamp_iterates(Y, op, self.denoiser_, self.theta_, self.noise_var_,
                              self.sparsity_ * self.signal_var_, max_iter=self.max_iter,
-                             tol=self.tol, damping=self.damping, svd=self._svd, report=report)
+                             tol=self.tol, damping=self.damping, report=report)

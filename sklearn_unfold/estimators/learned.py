@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..denoisers import default_theta
 from ..networks.lamp import LAMP_DENOISERS, LAMPNetwork
 from ..networks.ldvamp import LDVAMPNetwork
-from ..networks.lista import VARIANTS, LISTANetwork
+from ..networks.lista import VARIANTS, lista_from_ista
 from ._learned_base import LearnedEstimatorBase, fill_doc
 from .classical import AMPRegressor, ISTARegressor, VAMPRegressor
 
@@ -118,11 +118,17 @@ class LISTARegressor(LearnedEstimatorBase):
         return ISTARegressor(A=self.A_, alpha=self.alpha, noise_var=self.noise_var_,
                              batch_size=self.batch_size)
 
-    def _build_module(self, device, dtype):
-        return LISTANetwork.from_ista(self.A_, self.init_estimator_.alpha_, self.n_layers,
-                                      tied=self.tied, variant=self.variant,
-                                      support_selection=self.support_selection, dtype=dtype,
-                                      device=device)
+    def _build_module(self, device, dtype, fit_op):
+        alpha = self.init_estimator_.alpha_
+        if self.parameterization_ == "operator":
+            return lista_from_ista(self._shape_operator(fit_op), alpha, self.n_layers,
+                                   variant="alista", operator_agnostic=True,
+                                   lipschitz=self._typical_lipschitz(fit_op), tied=self.tied,
+                                   support_selection=self.support_selection, dtype=dtype,
+                                   device=device)
+        return lista_from_ista(self.A_, alpha, self.n_layers, tied=self.tied,
+                               variant=self.variant, support_selection=self.support_selection,
+                               dtype=dtype, device=device)
 
     def _architecture_extra(self) -> dict:
         return {"variant": self.variant, "support_selection": self.support_selection}
@@ -214,10 +220,12 @@ class LAMPRegressor(LearnedEstimatorBase):
         return AMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
                             noise_var=self.noise_var_, batch_size=self.batch_size)
 
-    def _build_module(self, device, dtype):
+    def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
-        return LAMPNetwork.from_amp(self.A_, self.denoiser, theta, self.n_layers, tied=self.tied,
-                                    dtype=dtype, device=device)
+        return LAMPNetwork.from_amp(self._shape_operator(fit_op), self.denoiser, theta,
+                                    self.n_layers, tied=self.tied,
+                                    parameterization=self.parameterization_, dtype=dtype,
+                                    device=device)
 
     def _architecture_extra(self) -> dict:
         return {"denoiser": self.denoiser}
@@ -297,12 +305,17 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
                              noise_var=self.noise_var_, batch_size=self.batch_size)
 
-    def _build_module(self, device, dtype):
+    def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
         second_moment = max(self.sparsity_ * self.signal_var_, 1e-12)
-        return LDVAMPNetwork.from_vamp(self.A_, self.denoiser, theta, self.noise_var_,
-                                       second_moment, self.n_layers, tied=self.tied,
-                                       gains=self.gains, dtype=dtype, device=device)
+        if self.gains and self.parameterization_ != "matrix":
+            raise ValueError(
+                "gains=True learns one gain per singular value of one fixed matrix; with an "
+                "operator ensemble, per-sample or matrix-free operators use gains=False.")
+        return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op), self.denoiser, theta,
+                                       self.noise_var_, second_moment, self.n_layers,
+                                       tied=self.tied, gains=self.gains, dtype=dtype,
+                                       device=device)
 
     def _architecture_extra(self) -> dict:
         return {"denoiser": self.denoiser, "gains": self.gains}

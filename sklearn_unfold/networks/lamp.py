@@ -1,7 +1,7 @@
 """Learned AMP (Borgerding-Schniter-Rangan): AMP unrolled, with its matrices and denoiser set free.
 
 Every layer is one call of :func:`sklearn_unfold.steps.amp_step`, the step the classical AMP
-runs, with the layer's own parameters:
+runs, with the layer's own parameters and the operator given at call time:
 
 .. code-block:: text
 
@@ -10,41 +10,43 @@ runs, with the layer's own parameters:
     x̂_{t+1} = η(x̂_t + B_t v_t ; σ_t, θ_t)
     b_{t+1} = c_t · (N/M) · ⟨η'(x̂_t + B_t v_t ; σ_t, θ_t)⟩
 
-with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0``. ``B_t`` (N×M) starts at ``Aᵀ``, ``θ_t`` at the
-parameters of the AMP it unrolls and the Onsager scale ``c_t`` at 1, so the untrained network is
-exactly ``n_layers`` iterations of AMP.
+with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0``. Two parameterisations of ``B_t``:
+
+* ``"matrix"``: a learned ``N × M`` matrix per layer (one if tied), initialised at ``Aᴴ`` of the
+  one fixed ``A`` it is trained for;
+* ``"operator"``: ``B_t = β_t Aᴴ`` with a learned scalar ``β_t`` (initialised at 1) and each
+  sample's own operator, so that no parameter depends on one matrix: the form that is trained
+  over an ensemble of operators and serves a fresh ``A`` per sample.
+
+``θ_t`` starts at the parameters of the AMP it unrolls and the Onsager scale ``c_t`` at 1, so the
+untrained network is exactly ``n_layers`` iterations of AMP.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..denoisers import (
-    DENOISER_PARAMS,
-    MLPDenoiser,
-    default_theta,
-    get_denoiser,
-    mlp_residual_denoiser,
-)
-from ..operators import DenseOperator
+from ..operators import LinearOperator, as_operator
 from ..steps import amp_step
-from ._base import UnrolledNetwork
+from ._unrolled import LEARNED_DENOISERS, ShrinkageDenoisers, UnrolledNetwork, make_param
 
 #: Denoisers a LAMP layer can use: the parameterised shrinkages and a per-entry MLP.
-LAMP_DENOISERS = (*DENOISER_PARAMS, "mlp")
+LAMP_DENOISERS = LEARNED_DENOISERS
+#: The parameterisations of the back-projection ``B_t``.
+PARAMETERIZATIONS = ("matrix", "operator")
 
 
-class LAMPNetwork(UnrolledNetwork):
+class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     r"""Learned AMP: ``n_layers`` AMP iterations with per-layer ``B_t``, ``θ_t`` and ``c_t``.
 
     Parameters
     ----------
-    A : Tensor of shape (M, N)
-        The sensing matrix (a buffer: it is not trained).
     n_layers : int
         Depth.
+    operator_shape : (int, int)
+        ``(M, N)``.
     denoiser : str, default="bg"
         One of ``"soft"``, ``"bg"``, ``"pwlin"``, ``"expo"``, ``"spline"``
         (:mod:`sklearn_unfold.denoisers`) or ``"mlp"``: the BG shrinkage plus the residual of a
@@ -54,60 +56,59 @@ class LAMPNetwork(UnrolledNetwork):
         Initial shrinkage parameters of every layer (for ``"mlp"``, the BG part's ``(v, ℓ)``);
         the shrinkage's defaults when omitted.
     tied : bool, default=False
-        One matrix ``B`` for all layers instead of one per layer (the per-layer ``θ_t`` and
-        ``c_t`` stay free).
+        One matrix ``B`` (or one scale ``β``) for all layers (the per-layer ``θ_t`` and ``c_t``
+        stay free).
+    B0 : Tensor of shape (N, M), optional
+        The initial back-projection (``Aᴴ``) of the ``"matrix"`` parameterisation; ``None``
+        gives the ``"operator"`` parameterisation ``B_t = β_t Aᴴ``.
     mlp_hidden : int, default=16
         Hidden width of the MLP denoiser.
+    dtype, device
+        Of the parameters.
 
     Notes
     -----
     Each layer calls :func:`sklearn_unfold.steps.amp_step`; there is no second copy of the
-    update rule here.
+    update rule here. Use :meth:`from_amp` to build one.
     """
 
-    def __init__(self, A: Tensor, n_layers: int, denoiser: str = "bg", theta=None, *,
-                 tied: bool = False, mlp_hidden: int = 16):
-        super().__init__(n_layers)
-        if denoiser not in LAMP_DENOISERS:
-            raise ValueError(f"denoiser must be one of {list(LAMP_DENOISERS)}; got {denoiser!r}.")
-        self.denoiser = denoiser
-        self.tied = bool(tied)
-        self.register_buffer("A", A.detach().clone())
-        dtype, device = A.dtype, A.device
-        n_b = 1 if self.tied else self.n_layers
-        self.B = nn.ParameterList(
-            [nn.Parameter(A.detach().T.clone().contiguous()) for _ in range(n_b)])
-        self.onsager_scale = nn.ParameterList(
-            [nn.Parameter(torch.ones((), dtype=dtype, device=device)) for _ in range(n_layers)])
-        #: The parameterised shrinkage (under the MLP residual for "mlp").
-        self.base_denoiser = "bg" if denoiser == "mlp" else denoiser
-        init = (default_theta(self.base_denoiser) if theta is None
-                else np.asarray(theta, np.float64).reshape(-1))
-        n_theta = len(DENOISER_PARAMS[self.base_denoiser][0])
-        if init.size != n_theta:
-            raise ValueError(f"theta of denoiser {denoiser!r} must have {n_theta} entries "
-                             f"{DENOISER_PARAMS[self.base_denoiser][0]}; got {init.size}.")
-        init = torch.as_tensor(init, dtype=dtype, device=device)
-        self.theta = nn.ParameterList([nn.Parameter(init.clone()) for _ in range(n_layers)])
-        n_mlp = n_layers if denoiser == "mlp" else 0
-        self.mlp = nn.ModuleList(
-            [MLPDenoiser(mlp_hidden).to(dtype=dtype, device=device) for _ in range(n_mlp)])
+    def __init__(self, n_layers: int, operator_shape, denoiser: str = "bg", theta=None, *,
+                 tied: bool = False, B0: Tensor | None = None, mlp_hidden: int = 16,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__(n_layers, tied)
+        self.operator_shape = tuple(int(d) for d in operator_shape)
+        M, N = self.operator_shape
+        self.parameterization = "operator" if B0 is None else "matrix"
+        self.operator_agnostic = B0 is None
+        if B0 is not None:
+            if tuple(B0.shape) != (N, M):
+                raise ValueError(f"B0 must have shape (N, M) = {(N, M)}; got {tuple(B0.shape)}.")
+            self.add_layer_params("B", lambda: make_param(B0.detach(), dtype, device),
+                                  tieable=True)
+        else:
+            self.add_layer_params("beta", lambda: make_param(1.0, dtype, device), tieable=True)
+        self.add_layer_params("onsager_scale", lambda: make_param(1.0, dtype, device))
+        self._init_denoisers(denoiser, theta, tie_mlp=False, mlp_hidden=mlp_hidden, dtype=dtype,
+                             device=device)
 
     @classmethod
     def from_amp(cls, A, denoiser: str, theta, n_layers: int, *, tied: bool = False,
-                 dtype: torch.dtype = torch.float32, device="cpu", mlp_hidden: int = 16
-                 ) -> LAMPNetwork:
+                 parameterization: str = "matrix", dtype: torch.dtype = torch.float32,
+                 device="cpu", mlp_hidden: int = 16) -> LAMPNetwork:
         """Unroll ``n_layers`` iterations of AMP with denoiser ``denoiser(·; θ)``.
 
         Parameters
         ----------
-        A : array-like or Tensor of shape (M, N)
+        A : array-like, tensor or LinearOperator
+            The operator (``"matrix"``: its dense ``Aᴴ`` initialises ``B_t``; ``"operator"``:
+            only its shape is used).
         denoiser : str
             Denoiser name (see the class docstring).
         theta : array-like of shape (n_theta,) or None
             The AMP's denoiser parameters (e.g. a fitted ``AMPRegressor.theta_``).
         n_layers : int
         tied : bool, default=False
+        parameterization : {"matrix", "operator"}, default="matrix"
         dtype : torch.dtype, default=torch.float32
         device : str or torch.device, default="cpu"
 
@@ -116,56 +117,44 @@ class LAMPNetwork(UnrolledNetwork):
         LAMPNetwork
             A network whose forward pass equals ``n_layers`` AMP iterations.
         """
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got "
+                             f"{parameterization!r}.")
         if isinstance(theta, Tensor):
             theta = theta.detach().cpu().numpy()
-        A_t = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A,
-                              dtype=dtype, device=device)
-        return cls(A_t, n_layers, denoiser, theta, tied=tied, mlp_hidden=mlp_hidden)
+        op = as_operator(A, dtype=None)
+        B0 = None
+        if parameterization == "matrix":
+            dense = op.to_dense().to(torch.float64)
+            B0 = dense.conj().T.contiguous()
+        return cls(n_layers, op.shape[-2:], denoiser, theta, tied=tied, B0=B0,
+                   mlp_hidden=mlp_hidden, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ layers
-    def _matrix(self, t: int) -> Tensor:
-        return self.B[0 if self.tied else t]
-
-    def _denoise(self, t: int):
-        base = get_denoiser(self.base_denoiser)
-        if self.denoiser == "mlp":
-            return mlp_residual_denoiser(self.mlp[t], base), self.theta[t]
-        return base, self.theta[t]
-
-    def forward(self, Y: Tensor) -> list[Tensor]:
+    def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
         """Run the first :attr:`n_active` layers; return every layer's estimate ``x̂_{t+1}``."""
-        op = DenseOperator(self.A)
         x = v = b = None  # x̂_0 = 0, v_{-1} = 0, b_0 = 0
         outputs = []
         for t in range(self.n_active):
             fn, theta = self._denoise(t)
-            x, v, b, _ = amp_step(x, v, b, Y, op, fn, theta, B=self._matrix(t),
+            if self.parameterization == "matrix":
+                B, step = self.layer_param("B", t), 1.0
+            else:
+                B, step = None, self.layer_param("beta", t)
+            x, v, b, _ = amp_step(x, v, b, Y, op, fn, theta, B=B, step=step,
                                   onsager_scale=self.onsager_scale[t])
             outputs.append(x)
         return outputs
-
-    def layer_parameters(self, t: int) -> list[nn.Parameter]:
-        """Layer ``t``'s ``θ_t`` (or MLP weights), ``c_t`` and, untied or ``t = 0``, its ``B``."""
-        params = [self.onsager_scale[t], self.theta[t]]
-        if self.denoiser == "mlp":
-            params += list(self.mlp[t].parameters())
-        if not self.tied or t == 0:
-            params.append(self._matrix(t))
-        return params
 
     def layer_summary(self) -> dict[str, np.ndarray]:
         """``{"onsager_scale": (L,), "theta": (L, n_theta), <θ names>: (L,) ...}``.
 
         For ``"soft"`` the threshold multipliers are also under ``"threshold"``; for ``"bg"``
-        the active rate ``p = 1/(1+e^ℓ)`` is under ``"sparsity"``.
+        the active rate ``p = 1/(1+e^ℓ)`` is under ``"sparsity"``; the ``"operator"``
+        parameterisation adds the back-projection scales under ``"step"``.
         """
-        out = {"onsager_scale": np.array([float(c.detach()) for c in self.onsager_scale])}
-        theta = np.stack([th.detach().cpu().double().numpy() for th in self.theta])
-        out["theta"] = theta
-        for i, name in enumerate(DENOISER_PARAMS[self.base_denoiser][0]):
-            out[name] = theta[:, i].copy()
-        if self.denoiser == "soft":
-            out["threshold"] = theta[:, 0].copy()
-        if self.base_denoiser == "bg":
-            out["sparsity"] = 1.0 / (1.0 + np.exp(theta[:, 1]))
+        out = {"onsager_scale": self.per_layer_values("onsager_scale").reshape(-1)}
+        out.update(self._theta_summary())
+        if self.parameterization == "operator":
+            out["step"] = self.per_layer_values("beta").reshape(-1)
         return out

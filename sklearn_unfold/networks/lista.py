@@ -1,13 +1,16 @@
 """Learned ISTA: ISTA unrolled into layers with its matrices, steps and thresholds set free.
 
-Three variants, each a layer that calls one step function of :mod:`sklearn_unfold.steps`:
+Three variants, one class each, each layer calling one step function of
+:mod:`sklearn_unfold.steps`:
 
-* ``"lista"`` (Gregor-LeCun): ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)``
+* :class:`LISTANetwork` (``"lista"``, Gregor-LeCun): ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)``
   (:func:`~sklearn_unfold.steps.lista_step`);
-* ``"cp"`` (LISTA-CP, coupled): ``x_{t+1} = soft(x_t + B_t (y − A x_t); θ_t)``
+* :class:`LISTACPNetwork` (``"cp"``, coupled): ``x_{t+1} = soft(x_t + B_t (y − A x_t); θ_t)``
   (:func:`~sklearn_unfold.steps.ista_step` with ``B=B_t``);
-* ``"alista"`` (Liu et al.): ``x_{t+1} = soft(x_t + γ_t Wᵀ(y − A x_t); θ_t)`` with the analytic,
-  fixed ``W`` of :func:`analytic_weight`; only ``γ_t`` and ``θ_t`` are learned.
+* :class:`ALISTANetwork` (``"alista"``, Liu et al.): ``x_{t+1} = soft(x_t + γ_t Wᴴ(y − A x_t);
+  θ_t)`` with a fixed ``W``: the analytic weight of :func:`analytic_weight` for one fixed
+  matrix, or ``W = A`` of each sample's own operator (the operator-independent form, trained
+  over an ensemble of operators); only ``γ_t`` and ``θ_t`` are learned.
 
 Each may add Chen et al.'s support selection: in layer ``t`` the ``p_t = min(1.2 (t+1), 13) %``
 entries of largest magnitude bypass the threshold.
@@ -19,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..operators import DenseOperator
+from ..operators import LinearOperator, as_operator
 from ..steps import ista_step, lista_step
 from ..tuning import fit_step_threshold
-from ._base import UnrolledNetwork
+from ._unrolled import UnrolledNetwork, make_param
 
 VARIANTS = ("lista", "cp", "alista")
 
@@ -92,167 +95,56 @@ def pseudo_inverse_weight(A: Tensor, ridge: float = 1e-3) -> Tensor:
     return torch.linalg.solve(_ridge_gram(A64, ridge), A64).T.contiguous().to(A.dtype)
 
 
-def _param(value, dtype, device) -> nn.Parameter:
-    return nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device).clone())
+class _LearnedISTA(UnrolledNetwork):
+    """What the three learned-ISTA variants share: thresholds, support selection, calibration.
 
-
-class LISTANetwork(UnrolledNetwork):
-    r"""Learned ISTA (LISTA, LISTA-CP or ALISTA), optionally with support selection.
-
-    Layer ``t = 0, …, T−1`` maps ``x_t`` to ``x_{t+1}`` (``x_0 = 0``):
-
-    * ``"lista"``: ``x_{t+1} = η(W_t y + S_t x_t; θ_t)``, initialised at ``W = Aᵀ/L``,
-      ``S = I − AᵀA/L``, ``θ = α/L`` (``L = ‖A‖₂²``). Layer 0 has no ``S`` (``x_0 = 0``).
-    * ``"cp"``: ``x_{t+1} = η(x_t + B_t(y − A x_t); θ_t)``, initialised at ``B = Aᵀ/L``,
-      ``θ = α/L``.
-    * ``"alista"``: ``x_{t+1} = η(x_t + γ_t Wᵀ(y − A x_t); θ_t)`` with ``W`` from
-      :func:`analytic_weight` (a buffer, not trained), initialised at ``γ = 1/‖WᵀA‖₂``, ``θ = αγ``.
-
-    ``η`` is the soft threshold, or with ``support_selection`` the soft threshold whose largest
-    ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded. With these initial values and
-    without support selection, ``"lista"`` and ``"cp"`` reproduce the ISTA iterates exactly.
-
-    With ``tied=True`` all layers share one ``(W, S)`` (``"lista"``) or one ``B`` (``"cp"``);
-    thresholds (and ALISTA's steps, which have no matrices to tie) stay per layer.
-
-    Use :meth:`from_ista` to build one. Training first fits each new layer's step and
-    threshold to the data (:meth:`calibrate_layer`), then trains it.
-
-    Attributes
-    ----------
-    A : buffer (M, N)
-        The sensing matrix (used by ``"cp"`` and ``"alista"``).
-    W_analytic : buffer (N, M) or None
-        ``Wᵀ`` of ALISTA, stored as the back-projection ``B`` of
-        :func:`~sklearn_unfold.steps.ista_step`.
-    thresholds : ParameterList of (1,) tensors
-        ``θ_t``, one per layer.
-    steps : ParameterList of (1,) tensors
-        ``γ_t`` (``"alista"`` only; empty otherwise).
-    W, S : ParameterList
-        ``"lista"`` matrices; ``W`` is ``(N, M)`` per layer (one if tied), ``S`` ``(N, N)`` for
-        layers ``1…T−1`` (one if tied).
-    B : ParameterList
-        ``"cp"`` back-projections ``(N, M)``, one per layer (one if tied).
+    Subclasses implement :meth:`_layer` (one layer on the estimate ``x`` with a given threshold)
+    and, where they learn matrices, :meth:`_matrices`, :meth:`_set_direction` and
+    :meth:`_rescale_step`.
     """
 
     calibrates = True
+    variant = ""
 
-    def __init__(self, A: Tensor, alpha: float, n_layers: int, *, tied: bool = False,
-                 variant: str = "lista", support_selection: bool = False,
-                 dtype: torch.dtype = torch.float32, device=None):
-        super().__init__(n_layers)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
-        if self.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1; got {n_layers}.")
-        self.variant = variant
-        self.tied = bool(tied)
-        self.support_selection = bool(support_selection)
-        A64 = torch.as_tensor(np.asarray(A) if not isinstance(A, Tensor) else A.detach().cpu(),
-                              dtype=torch.float64)
-        M, N = A64.shape
-        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
-        self.lipschitz = L
+    def __init__(self, n_layers: int, operator_shape, alpha: float, lipschitz: float,
+                 theta0: float, *, tied: bool, support_selection: bool, dtype, device):
+        super().__init__(n_layers, tied)
+        self.operator_shape = tuple(int(d) for d in operator_shape)
         self.alpha = float(alpha)
-        self.register_buffer("A", A64.to(dtype=dtype, device=device))
-        kw = {"dtype": dtype, "device": device}
-        n_mat = 1 if self.tied else self.n_layers
-        self.W = nn.ParameterList()
-        self.S = nn.ParameterList()
-        self.B = nn.ParameterList()
-        self.steps = nn.ParameterList()
-        self.W_analytic: Tensor | None
-        theta0 = self.alpha / L
-        if variant == "lista":
-            self.W.extend(_param(A64.T / L, **kw) for _ in range(n_mat))
-            n_s = 1 if self.tied else self.n_layers - 1
-            if self.n_layers > 1:
-                S0 = torch.eye(N, dtype=torch.float64) - A64.T @ A64 / L
-                self.S.extend(_param(S0, **kw) for _ in range(n_s))
-            self.register_buffer("W_analytic", None)
-        elif variant == "cp":
-            self.B.extend(_param(A64.T / L, **kw) for _ in range(n_mat))
-            self.register_buffer("W_analytic", None)
-        else:
-            W = analytic_weight(A64)
-            gamma0 = 1.0 / float(torch.linalg.matrix_norm(W.T @ A64, ord=2))
-            theta0 = self.alpha * gamma0
-            self.register_buffer("W_analytic", W.T.contiguous().to(**kw))
-            self.steps.extend(_param([gamma0], **kw) for _ in range(self.n_layers))
-        self.thresholds = nn.ParameterList(
-            _param([theta0], **kw) for _ in range(self.n_layers))
+        self.lipschitz = float(lipschitz)
+        self.support_selection = bool(support_selection)
+        self.add_layer_params("thresholds", lambda: make_param([theta0], dtype, device))
 
-    @classmethod
-    def from_ista(cls, A, alpha: float, n_layers: int, *, tied: bool = False,
-                  variant: str = "lista", support_selection: bool = False,
-                  dtype: torch.dtype = torch.float32, device=None) -> LISTANetwork:
-        """Build the network whose layers are, at initialisation, the iterations of ISTA.
-
-        Parameters
-        ----------
-        A : array-like or tensor of shape (M, N)
-            The sensing matrix.
-        alpha : float
-            ISTA's ℓ1 weight ``α`` (``θ = α/L``; see :class:`~sklearn_unfold.ISTARegressor`).
-        n_layers : int
-            Depth ``T``.
-        tied : bool
-            Share the matrices between layers.
-        variant : {"lista", "cp", "alista"}
-            The layer form (see the class docstring).
-        support_selection : bool
-            Let the largest ``min(1.2 (t+1), 13) %`` entries of layer ``t`` bypass the threshold.
-        dtype, device
-            Of the parameters and buffers.
-
-        Returns
-        -------
-        LISTANetwork
-        """
-        return cls(A, alpha, n_layers, tied=tied, variant=variant,
-                   support_selection=support_selection, dtype=dtype, device=device)
-
-    # ------------------------------------------------------------------ helpers
     def support_frac(self, t: int) -> float:
         """The support-selection fraction of layer ``t`` (0 without support selection)."""
         return support_fraction(t) if self.support_selection else 0.0
 
-    def _mat(self, plist: nn.ParameterList, t: int) -> Tensor:
-        return plist[0] if self.tied else plist[t]
-
-    # ------------------------------------------------------------------ interface
-    def forward(self, Y: Tensor) -> list[Tensor]:
+    def forward(self, Y: Tensor, op: LinearOperator | None = None) -> list[Tensor]:
         """Run the first :attr:`n_active` layers on ``Y (n, M)``; return the outputs ``(n, N)``."""
-        Y = Y.to(dtype=self.A.dtype)
-        x = torch.zeros((Y.shape[0], self.A.shape[1]), dtype=Y.dtype, device=Y.device)
-        Wy_tied = Y @ self.W[0].T if (self.variant == "lista" and self.tied) else None
+        p = next(self.parameters())
+        Y = Y.to(dtype=p.dtype)
+        x = torch.zeros((Y.shape[0], self.operator_shape[1]), dtype=Y.dtype, device=Y.device)
+        cache = self._prepare(Y)
         outs = []
         for t in range(self.n_active):
-            x = self._layer(t, x, Y, self.thresholds[t], Wy_tied)
+            x = self._layer(t, x, Y, op, self.thresholds[t], cache)
             outs.append(x)
         return outs
 
-    def _layer(self, t: int, x: Tensor, Y: Tensor, theta: Tensor, Wy: Tensor | None = None
-               ) -> Tensor:
-        """Layer ``t`` on the estimate ``x``, with threshold ``theta`` (0: no shrinkage)."""
-        frac = self.support_frac(t)
-        if self.variant == "lista":
-            Wy = Wy if Wy is not None else Y @ self._mat(self.W, t).T
-            if t == 0:
-                N = self.A.shape[1]
-                zero_S = torch.zeros((), dtype=Y.dtype, device=Y.device)
-                return lista_step(x, Wy, zero_S.expand(N, N), theta, support_frac=frac)
-            return lista_step(x, Wy, self._mat(self.S, t - 1), theta, support_frac=frac)
-        op = DenseOperator(self.A)
-        if self.variant == "cp":
-            return ista_step(x, Y, op, theta, B=self._mat(self.B, t), step=1.0,
-                             support_frac=frac)
-        return ista_step(x, Y, op, theta, B=self.W_analytic, step=self.steps[t],
-                         support_frac=frac)
+    def _prepare(self, Y: Tensor):
+        """Per-call work shared by every layer (the tied ``W y`` of Gregor's form)."""
+        return None
+
+    def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _matrices(self, t: int) -> list:
+        """The learned matrices layer ``t`` uses (none for ALISTA)."""
+        return []
 
     @torch.no_grad()
-    def calibrate_layer(self, t: int, Y: Tensor, X: Tensor) -> dict:
+    def calibrate_layer(self, t: int, Y: Tensor, X: Tensor, op: LinearOperator | None = None
+                        ) -> dict:
         r"""Fit layer ``t``'s direction, step and threshold to training pairs before it is trained.
 
         With the earlier layers' output ``x_t`` and the layer's update ``u = r_t − x_t`` (``r_t``
@@ -261,9 +153,9 @@ class LISTANetwork(UnrolledNetwork):
         the step ``γ u`` (``B_t ← γB_t``; ``W_t ← γW_t``, ``S_t ← (1−γ)I + γS_t``; ALISTA's
         ``γ_t ← γγ_t``) and ``θ_t ← θ``.
 
-        For ``"cp"`` and ``"lista"`` the fit is made for two directions and the better one on
-        the pairs is kept: the layer's current matrices (at the start ``B = Aᵀ/L``, ISTA's
-        matched back-projection) and the regularised pseudo-inverse ``A⁺`` of
+        For the variants with learned matrices the fit is made for two directions and the better
+        one on the pairs is kept: the layer's current matrices (at the start ``B = Aᵀ/L``,
+        ISTA's matched back-projection) and the regularised pseudo-inverse ``A⁺`` of
         :func:`pseudo_inverse_weight` (``B = A⁺``; ``W = A⁺``, ``S = I − A⁺A``). ISTA's step
         ``1/L`` and threshold ``α/L`` are far from what a layer of a short network wants, and
         Adam moves a scalar by about its learning rate per step. Tied matrices are shared by
@@ -277,23 +169,28 @@ class LISTANetwork(UnrolledNetwork):
             ``"pseudo_inverse"``, or ``"analytic"`` for ALISTA), ``step``, ``threshold``,
             ``nmse_db_before``, ``nmse_db_after`` (on the pairs given).
         """
-        Y, X = Y.to(dtype=self.A.dtype), X.to(dtype=self.A.dtype)
+        dtype = self.thresholds[0].dtype
+        Y, X = Y.to(dtype=dtype), X.to(dtype=dtype)
         active, self.n_active = self.n_active, t
-        x = self(Y)[-1] if t > 0 else torch.zeros_like(X)
+        x = self(Y, op)[-1] if t > 0 else torch.zeros_like(X)
         self.n_active = active
         zero = torch.zeros_like(self.thresholds[t])
-        tune_step = self.variant == "alista" or not self.tied or t == 0
+        has_matrices = bool(self._matrices(t))
+        tune_step = not has_matrices or not self.tied or t == 0
         theta0 = float(self.thresholds[t])
+        cache = self._prepare(Y)
 
         def fit() -> dict:
-            update = self._layer(t, x, Y, zero) - x
+            update = self._layer(t, x, Y, op, zero, cache) - x
             return fit_step_threshold(x, update, X, theta0, support_frac=self.support_frac(t),
                                       tune_step=tune_step)
 
-        best, direction = fit(), "analytic" if self.variant == "alista" else "matched"
-        if self.variant != "alista" and tune_step:
+        best, direction = fit(), "matched" if has_matrices else "analytic"
+        if has_matrices and tune_step and op is not None and not op.per_sample:
+            A = op.to_dense().to(dtype)
             saved = [m.detach().clone() for m in self._matrices(t)]
-            self._set_direction(t, pseudo_inverse_weight(self.A))
+            self._set_direction(t, pseudo_inverse_weight(A), A)
+            cache = self._prepare(Y)
             candidate = fit()
             if candidate["nmse_db_after"] < best["nmse_db_after"]:
                 candidate["nmse_db_before"] = best["nmse_db_before"]  # at the layer's start
@@ -306,54 +203,227 @@ class LISTANetwork(UnrolledNetwork):
         self.thresholds[t].fill_(best["threshold"])
         return {"layer": t + 1, "direction": direction, **best}
 
-    def _matrices(self, t: int) -> list[nn.Parameter]:
-        """The matrices of layer ``t``: ``[B_t]``, or ``[W_t]`` and ``S_t`` where it has one."""
-        if self.variant == "cp":
-            return [self._mat(self.B, t)]
-        S = self.S[0] if (self.tied and len(self.S)) else (self.S[t - 1] if t > 0 else None)
-        return [self._mat(self.W, t)] + ([S] if S is not None else [])
+    def _set_direction(self, t: int, B: Tensor, A: Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
 
-    def _set_direction(self, t: int, B: Tensor) -> None:
-        """Make layer ``t`` take the step ``x + B(y − Ax)`` (``"lista"``: ``W = B``, ``S = I − BA``)."""
-        mats = self._matrices(t)
-        mats[0].copy_(B)
-        if len(mats) > 1:
-            eye = torch.eye(mats[1].shape[0], dtype=mats[1].dtype, device=mats[1].device)
-            mats[1].copy_(eye - B.to(mats[1].dtype) @ self.A.to(mats[1].dtype))
+    def _rescale_step(self, t: int, gamma: float) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
 
-    def _rescale_step(self, t: int, gamma: float) -> None:
-        """Make layer ``t`` (and, tied, every layer) take ``γ`` times its current step."""
-        if self.variant == "alista":
-            self.steps[t].mul_(gamma)
-            return
-        mats = self._matrices(t)  # B ← γB; W ← γW, S ← (1−γ)I + γS: x + γ(Wy + Sx − x)
-        mats[0].mul_(gamma)
-        if len(mats) > 1:
-            eye = torch.eye(mats[1].shape[0], dtype=mats[1].dtype, device=mats[1].device)
-            mats[1].mul_(gamma).add_(eye, alpha=1.0 - gamma)
-
-    def layer_parameters(self, t: int) -> list[nn.Parameter]:
-        """Parameters introduced by layer ``t``; tied matrices belong to layer 0."""
-        if not 0 <= t < self.n_layers:
-            raise IndexError(f"layer {t} out of range for {self.n_layers} layers.")
-        params: list[nn.Parameter] = [self.thresholds[t]]
-        if self.variant == "alista":
-            return params + [self.steps[t]]
-        if self.tied:
-            return params + (list(self.W) + list(self.S) + list(self.B) if t == 0 else [])
-        if self.variant == "cp":
-            return params + [self.B[t]]
-        return params + [self.W[t]] + ([self.S[t - 1]] if t > 0 else [])
+    def _steps(self) -> np.ndarray:
+        return np.ones(self.n_layers)
 
     def layer_summary(self) -> dict[str, np.ndarray]:
         """Per-layer coefficients: ``threshold`` ``θ_t``, ``step`` ``γ_t`` and ``support_frac``.
 
         For ``"lista"`` and ``"cp"`` the step is folded into the learned matrices and reported as 1.
         """
-        theta = np.array([float(p.detach()) for p in self.thresholds])
-        if self.variant == "alista":
-            step = np.array([float(p.detach()) for p in self.steps])
-        else:
-            step = np.ones(self.n_layers)
         frac = np.array([self.support_frac(t) for t in range(self.n_layers)])
-        return {"threshold": theta, "step": step, "support_frac": frac}
+        return {"threshold": self.per_layer_values("thresholds").reshape(-1),
+                "step": self._steps(), "support_frac": frac}
+
+
+def _dense64(A) -> Tensor:
+    op = as_operator(A, dtype=torch.float64)
+    if op.per_sample:
+        raise ValueError(f"learned-ISTA matrices are initialised from one fixed operator; got a "
+                         f"per-sample batch of shape {op.shape}.")
+    return op.to_dense().to(torch.float64).cpu()
+
+
+class LISTANetwork(_LearnedISTA):
+    r"""Learned ISTA in Gregor and LeCun's form: ``x_{t+1} = η(W_t y + S_t x_t; θ_t)``.
+
+    Initialised at ``W = Aᵀ/L``, ``S = I − AᵀA/L``, ``θ = α/L`` (``L = ‖A‖₂²``), where it
+    reproduces the ISTA iterates exactly (without support selection). Layer 0 has no ``S``
+    (``x_0 = 0``). ``η`` is the soft threshold, or with ``support_selection`` the soft threshold
+    whose largest ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded. ``tied=True``
+    shares one ``(W, S)``; thresholds stay per layer. The matrices belong to one ``A``: the
+    operator passed to :meth:`forward` is not used.
+
+    Attributes
+    ----------
+    W : ParameterList of (N, M) tensors, one per layer (one if tied)
+    S : ParameterList of (N, N) tensors, for layers ``1…T−1`` (one if tied)
+    thresholds : ParameterList of (1,) tensors
+    """
+
+    variant = "lista"
+    operator_agnostic = False
+
+    def __init__(self, A, alpha: float, n_layers: int, *, tied: bool = False,
+                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
+                 device=None):
+        A64 = _dense64(A)
+        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
+        super().__init__(n_layers, A64.shape, alpha, L, float(alpha) / L, tied=tied,
+                         support_selection=support_selection, dtype=dtype, device=device)
+        self.add_layer_params("W", lambda: make_param(A64.T / L, dtype, device), tieable=True)
+        if self.n_layers > 1:
+            S0 = torch.eye(A64.shape[1], dtype=torch.float64) - A64.T @ A64 / L
+            self.add_layer_params("S", lambda: make_param(S0, dtype, device), tieable=True,
+                                  first=1)
+
+    def _prepare(self, Y: Tensor):
+        return Y @ self.W[0].T if self.tied else None
+
+    def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:
+        frac = self.support_frac(t)
+        Wy = cache if cache is not None else Y @ self.layer_param("W", t).T
+        if t == 0:
+            N = self.operator_shape[1]
+            zero_S = torch.zeros((), dtype=Y.dtype, device=Y.device)
+            return lista_step(x, Wy, zero_S.expand(N, N), theta, support_frac=frac)
+        return lista_step(x, Wy, self.layer_param("S", t), theta, support_frac=frac)
+
+    def _matrices(self, t: int) -> list:
+        mats = [self.layer_param("W", t)]
+        if self.n_layers > 1 and (self.tied or t > 0):
+            mats.append(self.layer_param("S", max(t, 1)))
+        return mats
+
+    def _set_direction(self, t: int, B: Tensor, A: Tensor) -> None:
+        """Make layer ``t`` take the step ``x + B(y − Ax)`` (``W = B``, ``S = I − BA``)."""
+        mats = self._matrices(t)
+        mats[0].copy_(B)
+        if len(mats) > 1:
+            eye = torch.eye(mats[1].shape[0], dtype=mats[1].dtype, device=mats[1].device)
+            mats[1].copy_(eye - B.to(mats[1].dtype) @ A.to(mats[1].dtype))
+
+    def _rescale_step(self, t: int, gamma: float) -> None:
+        mats = self._matrices(t)  # W ← γW, S ← (1−γ)I + γS: x + γ(Wy + Sx − x)
+        mats[0].mul_(gamma)
+        if len(mats) > 1:
+            eye = torch.eye(mats[1].shape[0], dtype=mats[1].dtype, device=mats[1].device)
+            mats[1].mul_(gamma).add_(eye, alpha=1.0 - gamma)
+
+
+class LISTACPNetwork(_LearnedISTA):
+    r"""LISTA-CP (coupled): ``x_{t+1} = η(x_t + B_t(y − A x_t); θ_t)``.
+
+    Initialised at ``B = Aᵀ/L``, ``θ = α/L`` (the ISTA iterates). ``B_t`` is learned per layer
+    (one if tied); the residual uses the operator passed to :meth:`forward`.
+    """
+
+    variant = "cp"
+    operator_agnostic = False
+
+    def __init__(self, A, alpha: float, n_layers: int, *, tied: bool = False,
+                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
+                 device=None):
+        A64 = _dense64(A)
+        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
+        super().__init__(n_layers, A64.shape, alpha, L, float(alpha) / L, tied=tied,
+                         support_selection=support_selection, dtype=dtype, device=device)
+        self.add_layer_params("B", lambda: make_param(A64.T / L, dtype, device), tieable=True)
+
+    def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:
+        return ista_step(x, Y, op, theta, B=self.layer_param("B", t), step=1.0,
+                         support_frac=self.support_frac(t))
+
+    def _matrices(self, t: int) -> list:
+        return [self.layer_param("B", t)]
+
+    def _set_direction(self, t: int, B: Tensor, A: Tensor) -> None:
+        self._matrices(t)[0].copy_(B)
+
+    def _rescale_step(self, t: int, gamma: float) -> None:
+        self._matrices(t)[0].mul_(gamma)
+
+
+class ALISTANetwork(_LearnedISTA):
+    r"""ALISTA (Liu et al.): ``x_{t+1} = η(x_t + γ_t Wᴴ(y − A x_t); θ_t)``, only ``γ_t, θ_t`` learned.
+
+    ``W`` is fixed: with ``weight="analytic"`` the analytic weight of :func:`analytic_weight`
+    for one fixed matrix (stored as the back-projection ``W_analytic`` of shape ``(N, M)``);
+    with ``weight="adjoint"``, ``W = A`` of each sample's own operator, the operator-independent
+    form that is trained over an ensemble of operators and serves a fresh ``A`` per sample.
+    Initialised at ``γ = 1/‖WᴴA‖₂`` (``1/L`` for the adjoint) and ``θ = αγ``.
+    """
+
+    variant = "alista"
+
+    def __init__(self, n_layers: int, operator_shape, alpha: float, gamma0: float, *,
+                 W_analytic: Tensor | None = None, tied: bool = False,
+                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
+                 device=None):
+        super().__init__(n_layers, operator_shape, alpha, 1.0 / gamma0, float(alpha) * gamma0,
+                         tied=tied, support_selection=support_selection, dtype=dtype,
+                         device=device)
+        self.weight = "adjoint" if W_analytic is None else "analytic"
+        self.operator_agnostic = W_analytic is None
+        self.register_buffer("W_analytic", None if W_analytic is None
+                             else W_analytic.to(dtype=dtype, device=device))
+        self.add_layer_params("steps", lambda: make_param([gamma0], dtype, device))
+
+    @classmethod
+    def from_ista(cls, A, alpha: float, n_layers: int, *, weight: str = "analytic",
+                  lipschitz: float | None = None, tied: bool = False,
+                  support_selection: bool = False, dtype: torch.dtype = torch.float32,
+                  device=None) -> ALISTANetwork:
+        """Build ALISTA from ISTA's ``α``; ``weight="adjoint"`` needs only ``A``'s shape and
+        ``lipschitz`` (a typical ``‖A‖₂²`` of the operators it will serve)."""
+        if weight not in ("analytic", "adjoint"):
+            raise ValueError(f"weight must be 'analytic' or 'adjoint'; got {weight!r}.")
+        if weight == "adjoint":
+            op = as_operator(A, dtype=None)
+            L = float(op.norm_sq().mean()) if lipschitz is None else float(lipschitz)
+            return cls(n_layers, op.shape[-2:], alpha, 1.0 / L, tied=tied,
+                       support_selection=support_selection, dtype=dtype, device=device)
+        A64 = _dense64(A)
+        W = analytic_weight(A64)
+        gamma0 = 1.0 / float(torch.linalg.matrix_norm(W.T @ A64, ord=2))
+        return cls(n_layers, A64.shape, alpha, gamma0, W_analytic=W.T.contiguous(), tied=tied,
+                   support_selection=support_selection, dtype=dtype, device=device)
+
+    def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:
+        return ista_step(x, Y, op, theta, B=self.W_analytic, step=self.steps[t],
+                         support_frac=self.support_frac(t))
+
+    def _rescale_step(self, t: int, gamma: float) -> None:
+        self.steps[t].mul_(gamma)
+
+    def _steps(self) -> np.ndarray:
+        return self.per_layer_values("steps").reshape(-1)
+
+
+#: The learned-ISTA class of each variant name.
+LISTA_CLASSES = {"lista": LISTANetwork, "cp": LISTACPNetwork, "alista": ALISTANetwork}
+
+
+def lista_from_ista(A, alpha: float, n_layers: int, *, variant: str = "lista",
+                    tied: bool = False, support_selection: bool = False,
+                    operator_agnostic: bool = False, lipschitz: float | None = None,
+                    dtype: torch.dtype = torch.float32, device=None) -> _LearnedISTA:
+    """Build the learned-ISTA network of ``variant`` whose layers start as ISTA's iterations.
+
+    Parameters
+    ----------
+    A : array-like, tensor or LinearOperator
+        The operator (one fixed matrix, except for the operator-agnostic ALISTA).
+    alpha : float
+        ISTA's ℓ1 weight ``α`` (``θ = α/L``; see :class:`~sklearn_unfold.ISTARegressor`).
+    n_layers : int
+    variant : {"lista", "cp", "alista"}
+    tied, support_selection
+        See the classes.
+    operator_agnostic : bool, default=False
+        Build the form whose parameters depend on no matrix: ALISTA with ``W = A`` of each
+        sample's operator (only ``variant="alista"`` has one).
+    lipschitz : float, optional
+        ``‖A‖₂²`` for the operator-agnostic form (computed from ``A`` when omitted).
+    dtype, device
+        Of the parameters and buffers.
+    """
+    if variant not in LISTA_CLASSES:
+        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
+    if operator_agnostic and variant != "alista":
+        raise ValueError(f"only variant='alista' has an operator-independent form; got "
+                         f"{variant!r}.")
+    if variant == "alista":
+        return ALISTANetwork.from_ista(A, alpha, n_layers,
+                                       weight="adjoint" if operator_agnostic else "analytic",
+                                       lipschitz=lipschitz, tied=tied,
+                                       support_selection=support_selection, dtype=dtype,
+                                       device=device)
+    return LISTA_CLASSES[variant](A, alpha, n_layers, tied=tied,
+                                  support_selection=support_selection, dtype=dtype, device=device)

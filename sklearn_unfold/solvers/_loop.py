@@ -1,8 +1,9 @@
 """The iteration driver shared by every classical solver.
 
-A solver supplies a ``step(state, t) -> (new_state, quality)`` closure over its fixed
-parameters. The driver runs it on the rows that are still active, so that every sample
-stops on its own when its relative change falls below ``tol`` (a sample's result never depends
+A solver supplies a ``step(state, op, t) -> (new_state, quality)`` closure over its fixed
+parameters. The driver runs it on the rows that are still active, narrowing the state and the
+operator together (a per-sample operator keeps only the active samples' maps; a shared one
+serves them all), so that every sample stops on its own when its relative change falls below ``tol`` (a sample's result never depends
 on the other samples in the batch), and guards against divergence: a row whose new estimate is
 not finite, or whose ``quality`` (a per-sample error proxy such as AMP's ``σ_t``) grows past
 ``divergence_factor`` times its best value, is frozen at its best iterate and counted.
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-StepFn = Callable[[dict[str, Tensor], int], tuple[dict[str, Tensor], Tensor | None]]
+from ..operators import LinearOperator
+
+StepFn = Callable[[dict[str, Tensor], LinearOperator, int], tuple[dict[str, Tensor], Tensor | None]]
 
 
 @dataclass
@@ -32,6 +35,7 @@ class IterationReport:
 def run_iterations(
     step: StepFn,
     state: dict[str, Tensor],
+    op: LinearOperator,
     *,
     max_iter: int,
     tol: float,
@@ -41,7 +45,8 @@ def run_iterations(
     """Run ``step`` for at most ``max_iter`` iterations, yielding the full estimate ``state['x']``.
 
     ``state`` maps names to tensors whose first dimension is the sample axis; ``step`` receives
-    and returns such a dict restricted to the active rows (plus ``'x'``, the current estimate).
+    and returns such a dict restricted to the active rows (plus ``'x'``, the current estimate),
+    with ``op`` restricted to the same rows.
     ``report`` is filled in as the run goes.
     """
     x = state["x"]
@@ -50,10 +55,14 @@ def run_iterations(
     diverged = torch.zeros(n, dtype=torch.bool, device=x.device)
     best_q = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     best_x = x.clone()
+    op.check_batch(n)
+    sub_op, n_active = op, n
     for t in range(max_iter):
         idx = active.nonzero().squeeze(1)
+        if idx.numel() != n_active:  # rows stopped: narrow the operator with the state
+            sub_op, n_active = op.take(idx), idx.numel()
         sub = {k: v[idx] for k, v in state.items()}
-        new, quality = step(sub, t)
+        new, quality = step(sub, sub_op, t)
         x_old, x_new = sub["x"], new["x"]
         finite = torch.isfinite(x_new).all(dim=1)
         if quality is not None:

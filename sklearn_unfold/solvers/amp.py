@@ -33,14 +33,16 @@ def amp_iterates(
     .. math::
         v_t = y - A\hat x_t + \tfrac{N}{M}\langle η'_{t-1}\rangle v_{t-1}, \quad
         σ_t = \|v_t\|/\sqrt M, \quad
-        \hat x_{t+1} = β\,η(\hat x_t + Aᵀ v_t;\ σ_t, θ) + (1-β)\,\hat x_t
+        \hat x_{t+1} = β\,η(\hat x_t + Aᴴ v_t;\ σ_t, θ) + (1-β)\,\hat x_t
 
-    with damping ``β`` (1 = undamped). Each row stops on its own at ``tol``. A row whose
+    with damping ``β`` (1 = undamped). ``A`` is any operator
+    (:func:`~sklearn_unfold.operators.as_operator`): one shared by the batch, or one per sample. Each row stops on its own at ``tol``. A row whose
     ``σ_t`` (AMP's own estimate of its error) grows past 1.5 times its smallest value, or becomes
     non-finite, has diverged: it is frozen at the iterate with the smallest ``σ_t`` and counted in
     ``report.n_diverged``.
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
+    op.check_batch(Y.shape[0])
     n = Y.shape[0]
     x0 = torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device)
     state = {
@@ -48,13 +50,14 @@ def amp_iterates(
         "b": torch.zeros((n, 1), dtype=Y.dtype, device=Y.device),
     }
 
-    def step(sub, t):
-        x_new, v, b, sigma = amp_step(sub["x"], sub["v"], sub["b"], sub["y"], op, denoiser, theta)
+    def step(sub, sub_op, t):
+        x_new, v, b, sigma = amp_step(sub["x"], sub["v"], sub["b"], sub["y"], sub_op, denoiser,
+                                      theta)
         if damping != 1.0 and t > 0:
             x_new = damping * x_new + (1.0 - damping) * sub["x"]
         return {"x": x_new, "v": v, "b": b}, sigma
 
-    yield from run_iterations(step, state, max_iter=max_iter, tol=tol, divergence_factor=1.5,
+    yield from run_iterations(step, state, op, max_iter=max_iter, tol=tol, divergence_factor=1.5,
                               report=report if report is not None else IterationReport())
 
 

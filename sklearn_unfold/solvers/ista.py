@@ -39,33 +39,42 @@ def ista_iterates(
     Parameters
     ----------
     Y : tensor of shape (n_samples, M)
-    A : LinearOperator or tensor of shape (M, N)
+    A : LinearOperator or tensor of shape (M, N) or (n_samples, M, N)
+        One operator for every sample, or one per sample (then each row has its own ``L``).
     alpha : float
         The ℓ1 weight ``α`` (``M`` times scikit-learn's Lasso ``alpha``).
     max_iter : int
     tol : float
     accelerated : bool
         FISTA instead of ISTA.
-    lipschitz : float, optional
-        ``L = ‖A‖₂²``; computed when omitted.
+    lipschitz : float or Tensor, optional
+        ``L = ‖A‖₂²`` (an ``(n, 1)`` column for per-sample operators); computed when omitted.
     report : IterationReport, optional
         Filled in with the number of iterations run.
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
-    L = op.spectral_norm_sq() if lipschitz is None else float(lipschitz)
-    theta = torch.tensor([alpha / L], dtype=Y.dtype, device=Y.device)
+    op.check_batch(Y.shape[0])
+    L = op.norm_sq() if lipschitz is None else lipschitz
+    L = torch.as_tensor(L, dtype=torch.float64).to(dtype=Y.dtype, device=Y.device)
+    per_row = L.ndim == 2  # a per-sample operator: one step size per row
     x0 = torch.zeros((Y.shape[0], op.n_features), dtype=Y.dtype, device=Y.device)
     state = {"x": x0, "y": Y, "x_prev": x0.clone()}
+    if per_row:
+        state["L"] = L
     momentum = {"s": 1.0}
 
-    def step(sub, t):
+    def step(sub, sub_op, t):
         z = sub["x"]
         if accelerated:
             z, momentum["s"] = fista_momentum(sub["x"], sub["x_prev"], momentum["s"])
-        x_new = ista_step(z, sub["y"], op, theta, step=1.0 / L)
-        return {"x": x_new, "x_prev": sub["x"]}, None
+        L_t = sub["L"] if per_row else L
+        x_new = ista_step(z, sub["y"], sub_op, alpha / L_t, step=1.0 / L_t)
+        out = {"x": x_new, "x_prev": sub["x"]}
+        if per_row:
+            out["L"] = sub["L"]
+        return out, None
 
-    yield from run_iterations(step, state, max_iter=max_iter, tol=tol,
+    yield from run_iterations(step, state, op, max_iter=max_iter, tol=tol,
                               report=report if report is not None else IterationReport())
 
 

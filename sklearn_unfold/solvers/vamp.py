@@ -28,7 +28,6 @@ def vamp_iterates(
     max_iter: int = 100,
     tol: float = 1e-6,
     damping: float = 1.0,
-    svd: tuple[Tensor, Tensor, Tensor] | None = None,
     report: IterationReport | None = None,
 ) -> Iterator[Tensor]:
     r"""Yield the VAMP denoiser outputs ``x̂1`` after each iteration.
@@ -46,29 +45,32 @@ def vamp_iterates(
         ``σw²``; the LMMSE stage uses ``γw = 1/σw²``.
     signal_second_moment : float
         The prior's ``E[x²]``; it floors the per-sample estimate of the initial precision.
-    svd : (U, s, V), optional
-        Precomputed thin SVD of ``A`` (see :meth:`~sklearn_unfold.operators.LinearOperator.svd`).
+
+    The LMMSE stage is the operator's
+    (:meth:`~sklearn_unfold.operators.LinearOperator.lmmse`): through its SVD (computed once
+    and cached by dense operators), in closed form for row-orthogonal operators, or by
+    conjugate gradients.
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
-    U, s, V = op.svd() if svd is None else svd
+    op.check_batch(Y.shape[0])
     n = Y.shape[0]
     state = {
         "x": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
-        "Uty": Y @ U,
+        "ctx": op.lmmse_context(Y),
         "r2": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
-        "gamma2": vamp_initial_precision(Y, s, noise_var, signal_second_moment),
+        "gamma2": vamp_initial_precision(Y, op.frobenius_sq(), noise_var, signal_second_moment),
     }
     gamma_w = 1.0 / noise_var
 
-    def step(sub, t):
-        x1, r2, gamma2, _ = vamp_step(sub["r2"], sub["gamma2"], sub["Uty"], s, V, gamma_w,
+    def step(sub, sub_op, t):
+        x1, r2, gamma2, _ = vamp_step(sub["r2"], sub["gamma2"], sub["ctx"], sub_op, gamma_w,
                                       denoiser, theta)
         if damping != 1.0 and t > 0:
             r2 = damping * r2 + (1.0 - damping) * sub["r2"]
             gamma2 = (damping * gamma2.rsqrt() + (1.0 - damping) * sub["gamma2"].rsqrt()) ** -2
         return {"x": x1, "r2": r2, "gamma2": gamma2}, None
 
-    yield from run_iterations(step, state, max_iter=max_iter, tol=tol,
+    yield from run_iterations(step, state, op, max_iter=max_iter, tol=tol,
                               report=report if report is not None else IterationReport())
 
 
