@@ -1,8 +1,8 @@
 """Signal priors and the ``make_*`` generators of the reference problems.
 
-The reference problems (ALGORITHMS.md) are real-valued, ``N = 500``, ``M = 250``,
-Bernoulli-Gaussian signals with rate ``p = 0.1`` and unit active variance, and a noise variance
-``σw² = p · (N/M) · 10^(−SNR/10)`` (2e-5 at 40 dB):
+The reference problems (after Borgerding, Schniter and Rangan, 2017) are real-valued,
+``N = 500``, ``M = 250``, Bernoulli-Gaussian signals with rate ``p = 0.1`` and unit active
+variance, and a noise variance ``σw² = p · (N/M) · 10^(−SNR/10)`` (2e-5 at 40 dB):
 
 ========== ============================================================ ======
 problem    A                                                            SNR
@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 
 from .operators import (
@@ -27,6 +28,12 @@ from .operators import (
     conditioned_matrix,
     gaussian_matrix,
     partial_dct_matrix,
+)
+from .operators.ensembles import (
+    ConditionedEnsemble,
+    GaussianEnsemble,
+    OperatorEnsemble,
+    PartialDCTEnsemble,
 )
 
 #: Reference problems: (matrix kind, SNR in dB or None for noiseless, extra matrix kwargs).
@@ -98,7 +105,7 @@ def noise_variance_for_snr(snr_db: float | None, sparsity: float, var: float, n_
     """``σw² = p·v·(N/M)·10^(−SNR/10)``, the noise variance of the reference problems (0 if noiseless).
 
     With ``‖A‖²_F = N`` on average, ``E‖Ax‖² / M = p v N / M``, so this is the SNR definition
-    ``E‖Ax‖² / E‖w‖²`` of ALGORITHMS.md.
+    ``E‖Ax‖² / E‖w‖²``.
     """
     if snr_db is None or np.isinf(snr_db):
         return 0.0
@@ -132,8 +139,15 @@ def make_compressed_sensing(
     A: np.ndarray | None = None,
     random_state=None,
     return_noise_var: bool = False,
+    ensemble=False,
 ):
     """Generate ``(Y, X, A)`` for a reference problem: ``Y = X Aᵀ + W``.
+
+    With ``ensemble``, every sample has its own operator, drawn from the problem's random
+    family (or from the ensemble given), and ``A`` is returned as a per-sample
+    :class:`~sklearn_unfold.operators.LinearOperator` of shape ``(n_samples, M, N)``: the data
+    of a random-operator problem (fresh masks, pilots or projections per sample), to pass as
+    ``operator=`` to the estimators.
 
     Parameters
     ----------
@@ -153,12 +167,18 @@ def make_compressed_sensing(
         Seeds the matrix (when drawn), the signals and the noise.
     return_noise_var : bool
         Also return ``σw²``.
+    ensemble : bool or operator ensemble, default=False
+        ``True`` draws one operator per sample from the problem's family (``giid``,
+        ``noiseless``: :class:`~sklearn_unfold.operators.GaussianEnsemble`; ``kappa15``:
+        :class:`~sklearn_unfold.operators.ConditionedEnsemble`; ``dct``:
+        :class:`~sklearn_unfold.operators.PartialDCTEnsemble`); an ensemble object draws from it.
 
     Returns
     -------
     Y : ndarray of shape (n_samples, n_measurements)
     X : ndarray of shape (n_samples, n_features)
-    A : ndarray of shape (n_measurements, n_features)
+    A : ndarray of shape (n_measurements, n_features), or LinearOperator of shape \
+            (n_samples, n_measurements, n_features) with ``ensemble``
     noise_var : float
         Only when ``return_noise_var``.
 
@@ -175,6 +195,22 @@ def make_compressed_sensing(
     if isinstance(snr_db, str):
         snr_db = default_snr
     rng = check_random_state(random_state)
+    if ensemble is not False and ensemble is not None:
+        if A is not None:
+            raise ValueError("pass either A (one fixed matrix) or ensemble (one per sample).")
+        family = _problem_ensemble(problem, n_measurements, n_features) if ensemble is True \
+            else ensemble
+        if not isinstance(family, OperatorEnsemble):
+            raise TypeError(f"ensemble must be True, False or an operator ensemble; got "
+                            f"{type(ensemble).__name__}.")
+        n_measurements, n_features = family.shape
+        op = family.sample(n_samples, random_state=rng)
+        X = make_sparse_signals(n_samples, n_features, sparsity=sparsity, var=var,
+                                random_state=rng)
+        noise_var = noise_variance_for_snr(snr_db, sparsity, var, n_features, n_measurements)
+        Y = op.forward(torch.from_numpy(X)).numpy()
+        Y = Y + np.sqrt(noise_var) * rng.standard_normal((n_samples, n_measurements))
+        return (Y, X, op, noise_var) if return_noise_var else (Y, X, op)
     if A is None:
         A = make_sensing_matrix(kind, n_measurements, n_features, random_state=rng, **kwargs)
     else:
@@ -187,6 +223,17 @@ def make_compressed_sensing(
     if return_noise_var:
         return Y, X, A, noise_var
     return Y, X, A
+
+
+def _problem_ensemble(problem: str, n_measurements: int, n_features: int) -> OperatorEnsemble:
+    kind, _, kwargs = PROBLEMS[problem]
+    if kind == "gaussian":
+        return GaussianEnsemble(n_measurements, n_features)
+    if kind == "conditioned":
+        return ConditionedEnsemble(n_measurements, n_features, **kwargs)
+    if kind == "dct":
+        return PartialDCTEnsemble(n_measurements, n_features)
+    raise ValueError(f"problem {problem!r} has no operator ensemble; pass one as ensemble=.")
 
 
 def resolve_prior(signal_prior, X: np.ndarray | None = None):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import make_scorer
+from sklearn.metrics._scorer import _Scorer
 
 
 def nmse(X_true, X_pred) -> float:
@@ -42,5 +42,25 @@ def nmse_db(X_true, X_pred) -> float:
     return float(10.0 * np.log10(max(value, 1e-300)))
 
 
+class _NMSEScorer(_Scorer):
+    """The negated NMSE in dB of ``estimator.predict``, which also receives each sample's
+    operator when one is routed to the scorer (``operator=`` metadata, requested by default)."""
+
+    __metadata_request__score = {"operator": True}
+
+    def _score(self, method_caller, estimator, X, y_true, **kwargs):
+        operator = kwargs.pop("operator", None)
+        y_pred = (estimator.predict(X) if operator is None
+                  else estimator.predict(X, operator=operator))
+        return self._sign * self._score_func(y_true, y_pred, **{**self._kwargs, **kwargs})
+
+
+def make_nmse_scorer():
+    """A new NMSE scorer (see :data:`nmse_scorer`), for code that changes its metadata requests."""
+    return _NMSEScorer(nmse_db, -1, {}, response_method="predict")
+
+
 #: Scorer for ``GridSearchCV(scoring=nmse_scorer)``: the negated NMSE in dB (greater is better).
-nmse_scorer = make_scorer(nmse_db, greater_is_better=False)
+#: Under scikit-learn's metadata routing (``sklearn.set_config(enable_metadata_routing=True)``)
+#: it passes the per-sample ``operator`` of the test samples to ``predict``.
+nmse_scorer = make_nmse_scorer()

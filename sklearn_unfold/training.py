@@ -191,6 +191,8 @@ class PriorBatches(SyntheticBatches):
     def __init__(self, prior, A, noise_var: float, batch_size: int, random_state=None, **kwargs):
         if isinstance(A, Tensor):
             A = as_operator(A, dtype=A.dtype, device=A.device)
+        elif not isinstance(A, LinearOperator) and not callable(getattr(A, "sample", None)):
+            A = as_operator(A)
         if isinstance(A, LinearOperator):
             kwargs.setdefault("dtype", A.dtype)
             kwargs.setdefault("device", A.device)

@@ -143,7 +143,8 @@ def test_gradients_reach_every_parameter(problem, denoiser, tied, gains):
     if denoiser == "mlp":  # move the zero-initialised last MLP layer off zero
         for mlp in net.mlps:
             torch.nn.init.normal_(mlp.net[-1].weight, std=0.01)
-    loss = sum(((x - X.float()) ** 2).mean() for x in net(Y.float(), as_operator(A, dtype=torch.float32)))
+    op = as_operator(A, dtype=torch.float32)
+    loss = sum(((x - X.float()) ** 2).mean() for x in net(Y.float(), op))
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, name

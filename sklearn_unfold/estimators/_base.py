@@ -99,6 +99,13 @@ def estimate_sensing_matrix(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
 class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     """Shared machinery of the classical and learned recovery estimators (not public)."""
 
+    # The per-sample operators are requested by default: under scikit-learn's metadata routing,
+    # GridSearchCV, cross_validate and Pipeline pass ``operator=`` to fit, predict and score,
+    # split with the samples, without a set_*_request call.
+    __metadata_request__fit = {"operator": True}
+    __metadata_request__predict = {"operator": True}
+    __metadata_request__score = {"operator": True}
+
     _parameter_constraints: dict = {
         "A": ["array-like", "sparse matrix", HasMethods(["forward", "adjoint"]),
               HasMethods(["matvec"]), HasMethods(["sample"]), None],

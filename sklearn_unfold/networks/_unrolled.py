@@ -27,9 +27,14 @@ LEARNED_DENOISERS = (*DENOISER_PARAMS, "mlp")
 
 
 def make_param(value, dtype, device) -> nn.Parameter:
-    """A parameter holding a copy of ``value`` (array, list or tensor)."""
-    return nn.Parameter(torch.as_tensor(value, dtype=torch.float64).to(dtype=dtype, device=device)
-                        .clone())
+    """A parameter holding a copy of ``value`` (array, list or tensor) in ``dtype``'s precision
+    (complex values keep a complex dtype of that precision)."""
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if not (t.is_complex() or t.is_floating_point()):
+        t = t.to(torch.float64)
+    if t.is_complex():
+        dtype = torch.complex64 if dtype in (torch.float32, torch.complex64) else torch.complex128
+    return nn.Parameter(t.detach().to(dtype=dtype, device=device).clone())
 
 
 class UnrolledNetwork(nn.Module):
@@ -138,6 +143,18 @@ class UnrolledNetwork(nn.Module):
         an implementation returns a dict that describes what it set.
         """
         return None
+
+    def _compute_dtype(self) -> torch.dtype:
+        return next(self.parameters()).real.dtype
+
+    def _cast(self, Y: Tensor, op: LinearOperator) -> tuple[Tensor, LinearOperator]:
+        """``Y`` and ``op`` in the precision of the parameters (a no-op when they already are)."""
+        dtype = self._compute_dtype()
+        if Y.is_complex():
+            Y = Y.to(torch.complex64 if dtype == torch.float32 else torch.complex128)
+        else:
+            Y = Y.to(dtype)
+        return Y, op.to(dtype=dtype, device=Y.device)
 
     def check_operator(self, op: LinearOperator, n_samples: int) -> None:
         """Raise a ``ValueError`` when ``op`` does not fit this network or the batch."""

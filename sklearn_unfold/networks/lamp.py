@@ -125,14 +125,19 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         op = as_operator(A, dtype=None)
         B0 = None
         if parameterization == "matrix":
-            dense = op.to_dense().to(torch.float64)
-            B0 = dense.conj().T.contiguous()
+            if op.per_sample:
+                raise ValueError(
+                    f"parameterization='matrix' learns matrices for one fixed operator; got a "
+                    f"per-sample batch of shape {op.shape}. Use parameterization='operator'.")
+            dense = op.to_dense()
+            B0 = dense.conj().mT.contiguous()
         return cls(n_layers, op.shape[-2:], denoiser, theta, tied=tied, B0=B0,
                    mlp_hidden=mlp_hidden, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ layers
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
         """Run the first :attr:`n_active` layers; return every layer's estimate ``x̂_{t+1}``."""
+        Y, op = self._cast(Y, op)
         x = v = b = None  # x̂_0 = 0, v_{-1} = 0, b_0 = 0
         outputs = []
         for t in range(self.n_active):

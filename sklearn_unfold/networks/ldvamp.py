@@ -140,6 +140,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     # ------------------------------------------------------------------ interface
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
         """Run the first :attr:`n_active` layers on ``Y (n, M)``; return each layer's ``x̂1``."""
+        Y, op = self._cast(Y, op)
         n, N = Y.shape[0], self.operator_shape[1]
         if self.gains:
             svd = op.svd()

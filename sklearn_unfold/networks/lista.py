@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..operators import LinearOperator, as_operator
 from ..steps import ista_step, lista_step
@@ -121,8 +121,10 @@ class _LearnedISTA(UnrolledNetwork):
 
     def forward(self, Y: Tensor, op: LinearOperator | None = None) -> list[Tensor]:
         """Run the first :attr:`n_active` layers on ``Y (n, M)``; return the outputs ``(n, N)``."""
-        p = next(self.parameters())
-        Y = Y.to(dtype=p.dtype)
+        if op is not None:
+            Y, op = self._cast(Y, op)
+        else:
+            Y = Y.to(dtype=self._compute_dtype())
         x = torch.zeros((Y.shape[0], self.operator_shape[1]), dtype=Y.dtype, device=Y.device)
         cache = self._prepare(Y)
         outs = []

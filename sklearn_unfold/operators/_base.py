@@ -95,6 +95,12 @@ class LinearOperator:
         if not self.per_sample:
             raise TypeError(f"{type(self).__name__} of shape {self.shape} is shared by every "
                             "sample and cannot be indexed; only per-sample operators can.")
+        if isinstance(index, tuple):  # op[idx, ...], as scikit-learn indexes arrays
+            if len(index) == 2 and index[1] is Ellipsis:
+                index = index[0]
+            else:
+                raise IndexError(f"per-sample operators are indexed along the sample axis only; "
+                                 f"got index {index!r}.")
         return self.take(index)
 
     def take(self, index) -> LinearOperator:

@@ -3,10 +3,11 @@
 A solver supplies a ``step(state, op, t) -> (new_state, quality)`` closure over its fixed
 parameters. The driver runs it on the rows that are still active, narrowing the state and the
 operator together (a per-sample operator keeps only the active samples' maps; a shared one
-serves them all), so that every sample stops on its own when its relative change falls below ``tol`` (a sample's result never depends
-on the other samples in the batch), and guards against divergence: a row whose new estimate is
-not finite, or whose ``quality`` (a per-sample error proxy such as AMP's ``σ_t``) grows past
-``divergence_factor`` times its best value, is frozen at its best iterate and counted.
+serves them all), so that every sample stops on its own when its relative change falls below
+``tol`` (a sample's result never depends on the other samples in the batch), and guards
+against divergence: a row whose new estimate is not finite, or whose ``quality`` (a
+per-sample error proxy such as AMP's ``σ_t``) grows past ``divergence_factor`` times its best
+value, is frozen at its best iterate and counted.
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ def amp_iterates(
         \hat x_{t+1} = β\,η(\hat x_t + Aᴴ v_t;\ σ_t, θ) + (1-β)\,\hat x_t
 
     with damping ``β`` (1 = undamped). ``A`` is any operator
-    (:func:`~sklearn_unfold.operators.as_operator`): one shared by the batch, or one per sample. Each row stops on its own at ``tol``. A row whose
-    ``σ_t`` (AMP's own estimate of its error) grows past 1.5 times its smallest value, or becomes
-    non-finite, has diverged: it is frozen at the iterate with the smallest ``σ_t`` and counted in
-    ``report.n_diverged``.
+    (:func:`~sklearn_unfold.operators.as_operator`): one shared by the batch, or one per sample.
+    Each row stops on its own at ``tol``. A row whose ``σ_t`` (AMP's own estimate of its error)
+    grows past 1.5 times its smallest value, or becomes non-finite, has diverged: it is frozen
+    at the iterate with the smallest ``σ_t`` and counted in ``report.n_diverged``.
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
     op.check_batch(Y.shape[0])
