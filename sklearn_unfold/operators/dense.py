@@ -343,6 +343,15 @@ class SparseOperator(LinearOperator):
     def frobenius_sq(self) -> Tensor:
         return torch.tensor(float(np.sum(np.abs(self._scipy.data) ** 2)), dtype=torch.float64)
 
+    def norm_sq(self) -> Tensor:
+        """``‖A‖₂²`` from scipy's sparse SVD (ARPACK), to its tolerance."""
+        return _scipy_norm_sq(self._scipy, self)
+
+    def svd(self):
+        """The thin SVD of the matrix when it has at most ``2²²`` entries (exact LMMSE for
+        VAMP), else ``None`` (conjugate gradients)."""
+        return _small_svd(self)
+
     def to_dense(self) -> Tensor:
         return torch.as_tensor(self._scipy.toarray()).to(dtype=self._dtype, device=self._device)
 
@@ -415,8 +424,44 @@ class ScipyOperator(LinearOperator):
             return self
         return ScipyOperator(self.op, dtype)
 
+    def svd(self):
+        """The thin SVD when the operator has at most ``2²²`` entries (exact LMMSE for VAMP),
+        else ``None`` (conjugate gradients)."""
+        return _small_svd(self)
+
+    def norm_sq(self) -> Tensor:
+        """``‖A‖₂²`` from scipy's sparse SVD (ARPACK) when the operator has an adjoint."""
+        if not self.has_adjoint:
+            self._adj(np.zeros((0, self.shape[0])))  # raises: a norm bound needs the adjoint
+        return _scipy_norm_sq(self.op, self)
+
     def fingerprint(self) -> str:
         return f"scipy{self.shape}:{id(self.op)}"
+
+
+#: Largest operator (entries) whose SVD the sparse and scipy wrappers compute for VAMP.
+_SMALL_SVD = 2**22
+
+
+def _small_svd(op: LinearOperator):
+    cache = getattr(op, "_svd_cache", None)
+    if cache is not None or op.shape[0] * op.shape[1] > _SMALL_SVD:
+        return cache
+    dense = DenseOperator(LinearOperator.to_dense(op).to(op.dtype))
+    op._svd_cache = dense.svd()
+    return op._svd_cache
+
+
+def _scipy_norm_sq(A, op: LinearOperator) -> Tensor:
+    """The largest singular value squared by ``scipy.sparse.linalg.svds`` (a bound from the
+    power iteration of the base class where ARPACK cannot run: tiny or failing problems)."""
+    if min(A.shape) > 1:
+        try:
+            s = spla.svds(A, k=1, return_singular_vectors=False, tol=1e-12, random_state=0)
+            return torch.tensor(float(s[0]) ** 2, dtype=torch.float64)
+        except (ValueError, spla.ArpackError, spla.ArpackNoConvergence):
+            pass
+    return LinearOperator.norm_sq(op)
 
 
 def _has_adjoint(A: spla.LinearOperator) -> bool:
