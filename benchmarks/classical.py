@@ -1,4 +1,4 @@
-"""NMSE per iteration of the classical solvers on giid and kappa15, beside ALGORITHMS.md's numbers.
+"""NMSE per iteration of the classical solvers on giid and kappa15, beside published numbers.
 
 Run from the repository root (about two minutes per problem on 2 CPU cores, most of it ISTA)::
 

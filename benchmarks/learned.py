@@ -1,11 +1,11 @@
-"""Benchmark of the learned estimators on the reference problems (ALGORITHMS.md).
+"""Benchmark of the learned estimators on the reference problems (Borgerding et al. 2017).
 
 Each configuration trains one estimator with its DEFAULT training settings (only ``A``,
 ``n_layers`` and, where the target needs it, ``tied``, ``denoiser`` or ``signal_prior`` set) on
 20,000 training pairs of the reference problem (N = 500, M = 250, Bernoulli-Gaussian p = 0.1,
 40 dB), then prints, on a fresh test set of 1,000 pairs on the same ``A``:
 
-* the NMSE (dB) after every layer, beside the reference numbers of ALGORITHMS.md, and the
+* the NMSE (dB) after every layer, beside published reference numbers, and the
   analytic initialisation (the classical solver it unrolls) at the same depth;
 * with layer-wise training, the greedy trace: the validation NMSE at the end of each depth's
   stages, which is what the published per-depth numbers of LAMP and LISTA are;
@@ -47,7 +47,7 @@ from sklearn.linear_model import Lasso, OrthogonalMatchingPursuit
 from sklearn_unfold import LAMPRegressor, LDVAMPRegressor, LISTARegressor, nmse_db
 from sklearn_unfold.datasets import make_compressed_sensing
 
-#: Reference NMSE (dB) per depth (ALGORITHMS.md), keyed by configuration name.
+#: Reference NMSE (dB) per depth (published runs), keyed by configuration name.
 REFERENCES: dict[str, dict[int, float]] = {
     "LAMP-bg tied (Borgerding rerun)": dict(enumerate(
         [-6.58, -12.15, -17.51, -23.02, -28.88, -34.37], start=1)),

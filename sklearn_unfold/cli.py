@@ -1,10 +1,11 @@
 """The ``sklearn-unfold`` command line.
 
 ``sklearn-unfold compare`` (or ``python -m sklearn_unfold compare``) builds a reference problem
-of ALGORITHMS.md, fits every method on a training set, runs it on a fresh test set measured
-through the same ``A``, prints a table (method, iterations or layers, test NMSE in dB, fit
-seconds, predict milliseconds per sample) and writes a PNG of NMSE against iteration / layer.
-The work is done by :func:`sklearn_unfold.comparison.run_comparison`.
+(:func:`sklearn_unfold.datasets.make_compressed_sensing`), fits every method on a training set,
+runs it on a fresh test set measured through the same ``A``, prints a table (method, iterations
+or layers, test NMSE in dB, fit seconds, predict milliseconds per sample) and writes a PNG of
+NMSE against iteration / layer. The work is done by
+:func:`sklearn_unfold.comparison.run_comparison`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     cmp_ = sub.add_parser(
         "compare", help="run every method on a reference problem and print a table",
-        description="Fit every method on a training set of a reference problem (ALGORITHMS.md), "
+        description="Fit every method on a training set of a reference problem (N = 500, M = 250, "
+                    "Bernoulli-Gaussian signals; Borgerding et al. 2017), "
                     "measure it on a fresh test set through the same A, print a table and write "
                     "a PNG of NMSE against iteration / layer.")
     cmp_.add_argument("--problem", choices=CLI_PROBLEMS, default="giid",

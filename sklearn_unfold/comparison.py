@@ -1,6 +1,7 @@
 """The method comparison behind ``sklearn-unfold compare``, importable by benchmarks and docs.
 
-:func:`run_comparison` draws a reference problem of ALGORITHMS.md (or takes one), fits every
+:func:`run_comparison` draws a reference problem
+(:func:`~sklearn_unfold.datasets.make_compressed_sensing`, or takes one), fits every
 method on the training pairs (what is ``"auto"``: the prior, the noise level, thresholds, the
 peers' tuning, the networks' weights), runs it on a fresh test set measured through the same
 ``A`` and returns one :class:`ComparisonResult` per method, with its NMSE after every iteration

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 DenoiserFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
-#: Parameter names and initial values of each parameterised shrinkage (ALGORITHMS.md).
+#: Parameter names and initial values of each parameterised shrinkage (after Borgerding et al.).
 DENOISER_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
     "soft": (("lam", "gain"), (1.0, 1.0)),
     "bg": (("var", "logit"), (1.0, math.log(9.0))),

@@ -127,8 +127,14 @@ class ISTARegressor(_ClassicalBase):
 
     Parameters
     ----------
-    A : array-like of shape (n_measurements, n_features), default=None
-        The sensing matrix. ``None`` estimates it from the training pairs (ridge least squares).
+    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators.
     alpha : "auto" or float, default="auto"
         The ℓ1 weight ``α`` in the objective above (``M`` times scikit-learn's Lasso ``alpha``).
         ``"auto"`` calibrates it to the fitted prior and noise: the ``α`` whose LASSO solution is
@@ -145,11 +151,14 @@ class ISTARegressor(_ClassicalBase):
 
     Attributes
     ----------
-    A_ : ndarray of shape (n_measurements, n_features)
+    A_ : ndarray of shape (n_measurements, n_features), or the operator or ensemble given
+    operator_ : LinearOperator or None
+        The float64 operator ``predict`` uses when not given per-sample operators (``None``
+        for an ensemble, or when ``fit`` had only the pairs' own operators).
     alpha_ : float
         The ℓ1 weight used.
-    lipschitz_ : float
-        ``L = ‖A_‖₂²``.
+    lipschitz_ : float or None
+        ``L = ‖A_‖₂²`` (``None`` without a fixed operator: each sample's own ``L`` is used).
     n_iter_ : int
         Iterations run by the last ``predict`` (the largest over samples).
     sparsity_, signal_var_, noise_var_ : float
@@ -259,8 +268,14 @@ class AMPRegressor(_MessagePassingBase):
 
     Parameters
     ----------
-    A : array-like of shape (n_measurements, n_features), default=None
-        The sensing matrix; ``None`` estimates it from the training pairs.
+    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators.
     denoiser : {"bg", "soft"}, default="bg"
         Bernoulli-Gaussian MMSE denoiser, or the soft threshold.
     threshold : "auto" or float, default="auto"
@@ -335,8 +350,9 @@ class VAMPRegressor(_MessagePassingBase):
     ----------
     A_, sparsity_, signal_var_, noise_var_, n_features_in_, n_iter_, threshold_, theta_
         As in :class:`AMPRegressor`.
-    singular_values_ : ndarray
-        The non-zero singular values of ``A_``.
+    singular_values_ : ndarray or None
+        The non-zero singular values of ``operator_`` when it has an SVD (a matrix); ``None``
+        for matrix-free and random operators, whose LMMSE stage is computed otherwise.
     """
 
     _algorithm = "vamp"

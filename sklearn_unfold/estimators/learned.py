@@ -35,7 +35,10 @@ class LISTARegressor(LearnedEstimatorBase):
 
     where ``η_p`` soft-thresholds all but the ``p_t = min(1.2 (t+1), 13) %`` largest entries.
     ``variant="lista"`` is Gregor-LeCun's ``x_{t+1} = soft(W_t y + S_t x_t; θ_t)`` and
-    ``"alista"`` learns only a step and a threshold per layer (analytic ``W``). The network
+    ``"alista"`` learns only a step and a threshold per layer (analytic ``W``). With an operator
+    ensemble, per-sample or matrix-free operators (``parameterization_ == "operator"``) the
+    layers take ALISTA's operator-independent form whatever ``variant``:
+    ``x_{t+1} = η(x_t + γ_t Aᴴ(y − A x_t); θ_t)`` with each sample's own ``A``. The network
     starts from ``init_estimator_``, an :class:`~sklearn_unfold.ISTARegressor`; before each
     layer is trained, its direction (ISTA's matched ``Aᵀ`` or the regularised pseudo-inverse
     ``Aᵀ(AAᵀ+ρI)⁻¹``, whichever fits better), step and threshold are fitted to about 1,000
@@ -45,8 +48,14 @@ class LISTARegressor(LearnedEstimatorBase):
 
     Parameters
     ----------
-    A : array-like of shape (n_measurements, n_features), default=None
-        The sensing matrix; ``None`` estimates it from the training pairs.
+    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators.
     variant : {"cp", "lista", "alista"}, default="cp"
         The layer form (see above).
     support_selection : bool, default=True
@@ -147,18 +156,27 @@ class LAMPRegressor(LearnedEstimatorBase):
         \hat x_{t+1} = η(\hat x_t + B_t v_t;\ σ_t, θ_t), \quad
         b_{t+1} = c_t\,(N/M)\,\langle η'_t\rangle
 
-    ``B_t`` starts at ``Aᵀ``, ``θ_t`` at the fitted AMP's denoiser parameters (``init_estimator_``,
-    an :class:`~sklearn_unfold.AMPRegressor`) and the Onsager scale ``c_t`` at 1. The defaults
-    (layer-wise training with the loss curriculum, Adam at 3e-3, at most 5 passes over the
-    pairs per stage) reach about −44.7 dB at 10 layers on the giid reference problem from
-    20,000 pairs in about 1.5 to 2 minutes on 2 CPU threads (``training="end_to_end"``: the
-    same NMSE in under a minute); with ``signal_prior="bernoulli_gaussian"``, 6 layers reach
-    about −37 dB (−32.5 dB from the pairs alone, which overfit).
+    With one fixed dense ``A`` (``parameterization_ == "matrix"``) every layer learns its own
+    matrix ``B_t``, initialised at ``Aᵀ``. With an operator ensemble, per-sample or matrix-free
+    operators (``parameterization_ == "operator"``) the layers use each sample's own operator,
+    ``B_t = β_t Aᴴ``, and learn only the scalar ``β_t`` (initialised at 1): no parameter
+    depends on one matrix. ``θ_t`` starts at the fitted AMP's denoiser parameters
+    (``init_estimator_``, an :class:`~sklearn_unfold.AMPRegressor`) and the Onsager scale
+    ``c_t`` at 1, so the untrained network is AMP. The defaults (layer-wise training with the
+    loss curriculum, Adam at 3e-3, at most 5 passes over the pairs per stage) reach about
+    −44.7 dB at 10 layers on the giid reference problem from 20,000 pairs; the
+    :doc:`/benchmarks` page reports the accuracy and training time of each configuration.
 
     Parameters
     ----------
-    A : array-like of shape (n_measurements, n_features), default=None
-        The sensing matrix; ``None`` estimates it from the training pairs.
+    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators.
     denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
         The per-layer shrinkage: ``"bg"`` and ``"soft"`` start from the matched AMP;
         ``"pwlin"``, ``"expo"`` and ``"spline"`` from their default parameters; ``"mlp"`` is the
@@ -243,14 +261,23 @@ class LDVAMPRegressor(LearnedEstimatorBase):
 
     Each layer is one VAMP iteration (:func:`~sklearn_unfold.steps.vamp_step`) with a learned
     noise precision ``γ_{w,t}`` (Borgerding's LVAMP), learned corrections ``c_{1,t}, c_{2,t}`` of
-    the precision updates, optional per-singular-value gains and a learned shrinkage ``θ_t``;
-    it starts from the fitted VAMP (``init_estimator_``, a :class:`~sklearn_unfold.VAMPRegressor`)
-    and keeps VAMP's robustness to ill-conditioned ``A``.
+    the precision updates, optional per-singular-value gains and a learned shrinkage ``θ_t``.
+    The LMMSE stage is always each sample's own operator's (through its SVD, in closed form for
+    a row-orthogonal operator, or by conjugate gradients), so with an operator ensemble,
+    per-sample or matrix-free operators only the gains, which belong to one matrix, are
+    unavailable. It starts from the fitted VAMP (``init_estimator_``, a
+    :class:`~sklearn_unfold.VAMPRegressor`) and keeps VAMP's robustness to ill-conditioned ``A``.
 
     Parameters
     ----------
-    A : array-like of shape (n_measurements, n_features), default=None
-        The sensing matrix; ``None`` estimates it from the training pairs.
+    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators.
     denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
         As in :class:`LAMPRegressor`.
     gains : bool, default=False
@@ -344,12 +371,12 @@ fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learni
              "the per-layer fit of the step and threshold, end to end stalled at −32.1 dB).")
 fill_doc(LAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
-         why="Layer-wise is the default, as the source text recommends. Measured on giid with "
+         why="Layer-wise is the default, as Borgerding et al. (2017) recommend. Measured on giid with "
              "20,000 pairs, 2 CPU threads: 10 layers −44.75 dB in 90–105 s layer-wise, −44.74 dB in "
              "36 s end to end; 6 layers with signal_prior −37.01 dB layer-wise, −36.51 dB end to "
              "end. \"end_to_end\" is the faster choice when the budget is tight.")
 fill_doc(LDVAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
-         why="Layer-wise is the default, as the source text recommends; from the analytic VAMP "
+         why="Layer-wise is the default, as Borgerding et al. (2017) recommend; from the analytic VAMP "
              "start both schedules end at the same NMSE (giid, 6 layers: −38.89 dB layer-wise in "
              "24 s, −38.88 dB end to end), \"end_to_end\" in fewer steps.")
