@@ -1,7 +1,7 @@
 """
-=====================================================================
+======================================================================
 A fresh sensing matrix per sample: train over the ensemble, not on one
-=====================================================================
+======================================================================
 
 In many applications the operator changes from one measurement to the next: random sampling
 masks, fresh pilot sequences, a new random projection per acquisition. A learned network that

@@ -72,7 +72,7 @@ class UnrolledNetwork(nn.Module):
     def add_layer_params(self, name: str, make, *, tieable: bool = False, first: int = 0) -> None:
         """Declare a per-layer list ``name``: ``make()`` builds one entry (a parameter or module).
 
-        ``tieable`` lists hold one entry when :attr:`tied`; ``first`` is the first layer that has
+        ``tieable`` lists hold one entry when the network is tied; ``first`` is the first layer that has
         an entry (LISTA's ``S`` starts at layer 1).
         """
         shared = tieable and self.tied

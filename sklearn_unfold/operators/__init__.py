@@ -1,6 +1,6 @@
 """Sensing operators: the map ``A`` as an argument that every solver and network takes at call time.
 
-* :mod:`~sklearn_unfold.operators.matrices`: dense numpy generators (``gaussian_matrix``, …);
+* dense numpy generators (``gaussian_matrix``, …);
 * :class:`LinearOperator` and its implementations: dense matrices, per-sample batches of
   matrices, SVD factors, ``scipy.sparse`` matrices, wrapped ``scipy.sparse.linalg``
   operators, and matrix-free transforms (random rows of the orthonormal DCT and DFT, 2-D
