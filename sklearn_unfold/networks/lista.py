@@ -232,7 +232,25 @@ def _dense64(A) -> Tensor:
     return op.to_dense().to(torch.float64).cpu()
 
 
-class LISTANetwork(_LearnedISTA):
+class _MatrixLearnedISTA(_LearnedISTA):
+    """The learned-ISTA variants with matrices of one fixed ``A``, initialised from ISTA."""
+
+    operator_agnostic = False
+
+    def __init__(self, A, alpha: float, n_layers: int, *, tied: bool = False,
+                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
+                 device=None):
+        A64 = _dense64(A)
+        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
+        super().__init__(n_layers, A64.shape, alpha, L, float(alpha) / L, tied=tied,
+                         support_selection=support_selection, dtype=dtype, device=device)
+        self._init_matrices(A64, L, dtype, device)
+
+    def _init_matrices(self, A64: Tensor, L: float, dtype, device) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class LISTANetwork(_MatrixLearnedISTA):
     r"""Learned ISTA in Gregor and LeCun's form: ``x_{t+1} = η(W_t y + S_t x_t; θ_t)``.
 
     Initialised at ``W = Aᵀ/L``, ``S = I − AᵀA/L``, ``θ = α/L`` (``L = ‖A‖₂²``), where it
@@ -250,15 +268,8 @@ class LISTANetwork(_LearnedISTA):
     """
 
     variant = "lista"
-    operator_agnostic = False
 
-    def __init__(self, A, alpha: float, n_layers: int, *, tied: bool = False,
-                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
-                 device=None):
-        A64 = _dense64(A)
-        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
-        super().__init__(n_layers, A64.shape, alpha, L, float(alpha) / L, tied=tied,
-                         support_selection=support_selection, dtype=dtype, device=device)
+    def _init_matrices(self, A64: Tensor, L: float, dtype, device) -> None:
         self.add_layer_params("W", lambda: make_param(A64.T / L, dtype, device), tieable=True)
         if self.n_layers > 1:
             S0 = torch.eye(A64.shape[1], dtype=torch.float64) - A64.T @ A64 / L
@@ -299,7 +310,7 @@ class LISTANetwork(_LearnedISTA):
             mats[1].mul_(gamma).add_(eye, alpha=1.0 - gamma)
 
 
-class LISTACPNetwork(_LearnedISTA):
+class LISTACPNetwork(_MatrixLearnedISTA):
     r"""LISTA-CP (coupled): ``x_{t+1} = η(x_t + B_t(y − A x_t); θ_t)``.
 
     Initialised at ``B = Aᵀ/L``, ``θ = α/L`` (the ISTA iterates). ``B_t`` is learned per layer
@@ -307,15 +318,8 @@ class LISTACPNetwork(_LearnedISTA):
     """
 
     variant = "cp"
-    operator_agnostic = False
 
-    def __init__(self, A, alpha: float, n_layers: int, *, tied: bool = False,
-                 support_selection: bool = False, dtype: torch.dtype = torch.float32,
-                 device=None):
-        A64 = _dense64(A)
-        L = float(torch.linalg.matrix_norm(A64, ord=2) ** 2)
-        super().__init__(n_layers, A64.shape, alpha, L, float(alpha) / L, tied=tied,
-                         support_selection=support_selection, dtype=dtype, device=device)
+    def _init_matrices(self, A64: Tensor, L: float, dtype, device) -> None:
         self.add_layer_params("B", lambda: make_param(A64.T / L, dtype, device), tieable=True)
 
     def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:

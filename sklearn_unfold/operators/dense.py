@@ -57,6 +57,15 @@ def _complexify(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype) if dtype.is_complex and not x.is_complex() else x
 
 
+def _cast_svd(svd, dtype: torch.dtype, device):
+    """SVD factors ``(U, s, V)`` in ``dtype`` (``s`` real) on ``device``; ``None`` stays."""
+    if svd is None:
+        return None
+    U, s, V = svd
+    return (U.to(dtype=dtype, device=device), s.to(dtype=_real_dtype(dtype), device=device),
+            V.to(dtype=dtype, device=device))
+
+
 class _Grouped(LinearOperator):
     """Per-sample operators stored as ``g`` distinct maps, each serving ``repeats`` consecutive
     samples (``n = g · repeats``): training draws a few operators per mini-batch and applies
@@ -111,11 +120,7 @@ class DenseOperator(LinearOperator):
         if dtype == self.A.dtype and device == self.A.device:
             return self
         out = DenseOperator(self.A.to(dtype=dtype, device=device))
-        if self._svd is not None:
-            U, s, V = self._svd
-            out._svd = (U.to(dtype=dtype, device=device),
-                        s.to(dtype=_real_dtype(dtype), device=device),
-                        V.to(dtype=dtype, device=device))
+        out._svd = _cast_svd(self._svd, dtype, device)
         return out
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -185,11 +190,7 @@ class DenseBatchOperator(_Grouped):
         if dtype == self.A.dtype and device == self.A.device:
             return self
         out = DenseBatchOperator(self.A.to(dtype=dtype, device=device), self.repeats)
-        if self._svd is not None:
-            U, s, V = self._svd
-            out._svd = (U.to(dtype=dtype, device=device),
-                        s.to(dtype=_real_dtype(dtype), device=device),
-                        V.to(dtype=dtype, device=device))
+        out._svd = _cast_svd(self._svd, dtype, device)
         return out
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:

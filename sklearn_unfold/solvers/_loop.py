@@ -50,46 +50,57 @@ def run_iterations(
     with ``op`` restricted to the same rows.
     ``report`` is filled in as the run goes.
     """
-    x = state["x"]
-    n = x.shape[0]
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    diverged = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_q = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-    best_x = x.clone()
+    x_full = state["x"].clone()
+    n = x_full.shape[0]
+    device = x_full.device
     op.check_batch(n)
-    sub_op, n_active = op, n
+    diverged = torch.zeros(n, dtype=torch.bool, device=device)
+    unconverged = torch.ones(n, dtype=torch.bool, device=device)
+    # The active rows are kept compact (``sub``, ``idx``): the state is re-gathered, and the
+    # operator narrowed, only in the iterations where some rows stop.
+    idx = torch.arange(n, device=device)
+    sub = dict(state)
+    sub_op = op
+    best_q = torch.full((n,), float("inf"), dtype=x_full.real.dtype, device=device)
+    best_x = sub["x"]
     for t in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() != n_active:  # rows stopped: narrow the operator with the state
-            sub_op, n_active = op.take(idx), idx.numel()
-        sub = {k: v[idx] for k, v in state.items()}
         new, quality = step(sub, sub_op, t)
         x_old, x_new = sub["x"], new["x"]
         finite = torch.isfinite(x_new).all(dim=1)
         if quality is not None:
             q = quality.reshape(-1)
             finite &= torch.isfinite(q)
-            better = finite & (q < best_q[idx])
-            best_q[idx[better]] = q[better]
-            best_x[idx[better]] = x_new[better]
-            blown = ~finite | (q > divergence_factor * best_q[idx])
+            better = finite & (q < best_q)
+            best_q = torch.where(better, q, best_q)
+            best_x = torch.where(better[:, None], x_new, best_x)
+            blown = ~finite | (q > divergence_factor * best_q)
+            fallback = best_x
         else:
-            best_x[idx[finite]] = x_new[finite]
             blown = ~finite
-        for k, v in new.items():
-            state[k][idx] = v
-        if blown.any():
-            rows = idx[blown]
-            state["x"][rows] = best_x[rows]
-            diverged[rows] = True
-            active[rows] = False
+            fallback = x_old  # the last finite iterate
+        if bool(blown.any()):
+            x_new = torch.where(blown[:, None], fallback, x_new)
+            new["x"] = x_new
         change = (x_new - x_old).norm(dim=1) / x_old.norm(dim=1).clamp_min(1e-30)
         done = (change <= tol) & ~blown
-        active[idx[done]] = False
+        if idx.numel() == n:
+            x_full.copy_(x_new)
+        else:
+            x_full.index_copy_(0, idx, x_new)
+        sub = {**sub, **new}
         report.n_iter = t + 1
-        yield state["x"].clone()  # a fresh tensor: the state is updated in place next iteration
-        if not active.any():
-            break
+        yield x_full.clone()  # a fresh tensor: the estimate is updated in place next iteration
+        stop = done | blown
+        if bool(stop.any()):
+            diverged[idx[blown]] = True
+            unconverged[idx[stop]] = False
+            keep = (~stop).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            idx = idx[keep]
+            sub = {k: v[keep] for k, v in sub.items()}
+            best_q, best_x = best_q[keep], best_x[keep]
+            sub_op = op.take(idx)
     report.n_diverged = int(diverged.sum())
-    report.n_unconverged = int(active.sum())
+    report.n_unconverged = int(unconverged.sum())
     report.diverged = diverged
