@@ -23,7 +23,8 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from .._parallel import warn_if_gpu_shared
 from ..datasets import resolve_prior
 from ..operators.ensembles import OperatorEnsemble
-from ..training import PairBatches, SyntheticBatches, Trainer
+from ..batches import PairBatches, SyntheticBatches
+from ..training import Trainer
 from ._base import RecoveryEstimatorBase
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
