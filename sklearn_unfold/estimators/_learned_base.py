@@ -21,9 +21,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._parallel import warn_if_gpu_shared
+from ..batches import PairBatches, SyntheticBatches
 from ..datasets import resolve_prior
 from ..operators.ensembles import OperatorEnsemble
-from ..batches import PairBatches, SyntheticBatches
 from ..training import Trainer
 from ._base import RecoveryEstimatorBase
 
