@@ -96,6 +96,23 @@ def estimate_sensing_matrix(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
     return np.linalg.solve(gram, X.T @ Y).T
 
 
+#: The ``A`` parameter of every estimator's docstring (its ``%A%`` placeholder).
+A_PARAM_DOC = """A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
+        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
+        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
+        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
+        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
+        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
+        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
+        least squares), unless ``fit`` is given the pairs' own operators."""
+
+
+def fill_a_doc(cls):
+    """Class decorator: put :data:`A_PARAM_DOC` in place of ``%A%`` in the docstring."""
+    cls.__doc__ = cls.__doc__.replace("%A%", A_PARAM_DOC)
+    return cls
+
+
 class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     """Shared machinery of the classical and learned recovery estimators (not public)."""
 

@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..denoisers import bg_theta, get_denoiser
 from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
 from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
-from ._base import RecoveryEstimatorBase
+from ._base import RecoveryEstimatorBase, fill_a_doc
 
 _DTYPE = torch.float64
 _N_PROBE = 8
@@ -117,6 +117,7 @@ class _ClassicalBase(RecoveryEstimatorBase):
         return self._predict_stats["n_iter"]
 
 
+@fill_a_doc
 class ISTARegressor(_ClassicalBase):
     r"""Iterative soft thresholding for the LASSO, ``min_x ½‖y − Ax‖² + α‖x‖₁``.
 
@@ -127,14 +128,7 @@ class ISTARegressor(_ClassicalBase):
 
     Parameters
     ----------
-    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
-        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
-        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
-        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
-        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
-        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
-        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
-        least squares), unless ``fit`` is given the pairs' own operators.
+    %A%
     alpha : "auto" or float, default="auto"
         The ℓ1 weight ``α`` in the objective above (``M`` times scikit-learn's Lasso ``alpha``).
         ``"auto"`` calibrates it to the fitted prior and noise: the ``α`` whose LASSO solution is
@@ -252,6 +246,7 @@ class _MessagePassingBase(_ClassicalBase):
         self.theta_ = torch.as_tensor(theta, dtype=_DTYPE)
 
 
+@fill_a_doc
 class AMPRegressor(_MessagePassingBase):
     r"""Approximate message passing with a scalar denoiser.
 
@@ -268,14 +263,7 @@ class AMPRegressor(_MessagePassingBase):
 
     Parameters
     ----------
-    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
-        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
-        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
-        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
-        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
-        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
-        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
-        least squares), unless ``fit`` is given the pairs' own operators.
+    %A%
     denoiser : {"bg", "soft"}, default="bg"
         Bernoulli-Gaussian MMSE denoiser, or the soft threshold.
     threshold : "auto" or float, default="auto"

@@ -18,12 +18,14 @@ from ..denoisers import default_theta
 from ..networks.lamp import LAMP_DENOISERS, LAMPNetwork
 from ..networks.ldvamp import LDVAMPNetwork
 from ..networks.lista import VARIANTS, lista_from_ista
+from ._base import fill_a_doc
 from ._learned_base import LearnedEstimatorBase, fill_doc
 from .classical import AMPRegressor, ISTARegressor, VAMPRegressor
 
 __all__ = ["LAMPRegressor", "LDVAMPRegressor", "LISTARegressor"]
 
 
+@fill_a_doc
 class LISTARegressor(LearnedEstimatorBase):
     r"""Learned ISTA: ISTA unrolled into layers whose matrices and thresholds are trained.
 
@@ -48,14 +50,7 @@ class LISTARegressor(LearnedEstimatorBase):
 
     Parameters
     ----------
-    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
-        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
-        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
-        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
-        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
-        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
-        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
-        least squares), unless ``fit`` is given the pairs' own operators.
+    %A%
     variant : {"cp", "lista", "alista"}, default="cp"
         The layer form (see above).
     support_selection : bool, default=True
@@ -148,6 +143,7 @@ class LISTARegressor(LearnedEstimatorBase):
         self.steps_ = summary["step"]
 
 
+@fill_a_doc
 class LAMPRegressor(LearnedEstimatorBase):
     r"""Learned AMP (Borgerding-Schniter-Rangan): AMP unrolled with learned matrices.
 
@@ -169,14 +165,7 @@ class LAMPRegressor(LearnedEstimatorBase):
 
     Parameters
     ----------
-    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
-        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
-        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
-        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
-        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
-        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
-        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
-        least squares), unless ``fit`` is given the pairs' own operators.
+    %A%
     denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
         The per-layer shrinkage: ``"bg"`` and ``"soft"`` start from the matched AMP;
         ``"pwlin"``, ``"expo"`` and ``"spline"`` from their default parameters; ``"mlp"`` is the
@@ -256,6 +245,7 @@ class LAMPRegressor(LearnedEstimatorBase):
             self.thresholds_ = summary["threshold"]
 
 
+@fill_a_doc
 class LDVAMPRegressor(LearnedEstimatorBase):
     r"""Learned denoising VAMP: VAMP unrolled with a learned LMMSE stage, corrections and denoiser.
 
@@ -270,14 +260,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
 
     Parameters
     ----------
-    A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
-        The sensing operator: a dense ``(n_measurements, n_features)`` matrix, a ``scipy.sparse``
-        matrix, a ``scipy.sparse.linalg.LinearOperator``, a
-        :class:`~sklearn_unfold.operators.LinearOperator` (e.g. the matrix-free
-        :class:`~sklearn_unfold.operators.PartialDCT`), or an operator ensemble (a random family:
-        each sample then has its own operator, passed as ``operator=`` to ``fit`` and ``predict``;
-        see :ref:`operators`). ``None`` estimates a dense matrix from the training pairs (ridge
-        least squares), unless ``fit`` is given the pairs' own operators.
+    %A%
     denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
         As in :class:`LAMPRegressor`.
     gains : bool, default=False
