@@ -323,7 +323,7 @@ def _is_dense_matrix(A) -> bool:
         return False
     if isinstance(A, torch.Tensor):
         return True
-    return not hasattr(A, "matvec") and hasattr(A, "__array__") or isinstance(A, (list, tuple))
+    return (hasattr(A, "__array__") and not hasattr(A, "matvec")) or isinstance(A, (list, tuple))
 
 
 def _check_operator_shape(name: str, shape, M: int, N: int) -> None:
@@ -336,10 +336,7 @@ def _check_operator_shape(name: str, shape, M: int, N: int) -> None:
 
 def check_operator(A, n_measurements: int, n_features: int, name: str = "A") -> LinearOperator:
     """Validate a user-given shared operator (sparse, scipy or package operator) as float64."""
-    try:
-        op = as_operator(A, dtype=torch.float64, name=name)
-    except TypeError:
-        raise
+    op = as_operator(A, dtype=torch.float64, name=name)
     if op.per_sample:
         raise ValueError(
             f"{name} has shape {op.shape}: a batch of per-sample operators. The constructor's A "
