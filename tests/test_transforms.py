@@ -422,3 +422,16 @@ def test_bad_input_messages():
         RealView(PartialDFT([0], 4)).forward(torch.zeros(1, 4, dtype=torch.complex128))
     with pytest.raises(ValueError, match="per-sample operators"):
         PartialDCT([[0], [1]], 4).forward(torch.zeros(3, 4))
+
+
+def test_norms_are_computed_once_and_not_shared_with_narrowed_copies():
+    """norm_sq / frobenius_sq are memoised per operator; take() and to() start afresh."""
+    rows = np.stack([np.sort(np.random.RandomState(i).choice(16, 6, replace=False))
+                     for i in range(5)])
+    op = PartialDCT(rows, 16, scale=2.0)
+    assert op.frobenius_sq().shape == (5, 1)
+    assert op.frobenius_sq() is op.frobenius_sq()  # the memoised tensor
+    sub = op.take([0, 3])
+    assert sub.frobenius_sq().shape == (2, 1) and sub.norm_sq().shape == (2, 1)
+    np.testing.assert_allclose(sub.frobenius_sq().numpy(), 6 * 4.0)
+    assert op.to(dtype=torch.float32).norm_sq().shape == (5, 1)

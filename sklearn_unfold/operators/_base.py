@@ -142,13 +142,29 @@ class LinearOperator:
         return int(self.shape[0]) if self.per_sample else n
 
     # ------------------------------------------------------------------ norms
+    def _memo(self, key: str, compute):
+        """``compute()`` once per operator (operators do not change once built)."""
+        memo = self.__dict__.setdefault("_memo_values", {})
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
     def norm_sq(self) -> Tensor:
         """``‖A‖₂²`` (the Lipschitz constant of the least-squares gradient), float64.
 
-        A 0-d tensor for a shared operator, ``(n, 1)`` for a per-sample batch. The generic
-        version runs 100 power iterations on ``AᴴA`` from a fixed start and adds 1 %: a bound
-        from above, which is what a gradient step size needs.
+        A 0-d tensor for a shared operator, ``(n, 1)`` for a per-sample batch; computed once
+        per operator (subclasses implement ``_norm_sq``). The generic version runs 100 power
+        iterations on ``AᴴA`` from a fixed start and adds 1 %: a bound from above, which is what
+        a gradient step size needs.
         """
+        return self._memo("norm_sq", self._norm_sq)
+
+    def frobenius_sq(self) -> Tensor:
+        """``‖A‖²_F``, float64: a 0-d tensor (shared) or ``(n, 1)`` (per sample); computed once
+        per operator (subclasses implement ``_frobenius_sq``)."""
+        return self._memo("frobenius_sq", self._frobenius_sq)
+
+    def _norm_sq(self) -> Tensor:
         op = self.to(dtype=torch.complex128 if self.is_complex else torch.float64)
         g = torch.Generator(device="cpu").manual_seed(0)
         n = self._probe_batch(1)
@@ -167,8 +183,8 @@ class LinearOperator:
         lam = 1.01 * lam
         return lam if self.per_sample else lam.reshape(())
 
-    def frobenius_sq(self) -> Tensor:
-        """``‖A‖²_F``, float64: a 0-d tensor (shared) or ``(n, 1)`` (per sample).
+    def _frobenius_sq(self) -> Tensor:
+        """``‖A‖²_F`` (see :meth:`frobenius_sq`).
 
         The generic version applies the map to the identity in blocks when ``N ≤ 4096`` (exact),
         and otherwise averages ``‖A b‖²`` over 32 Rademacher probes ``b`` (Hutchinson, exact in

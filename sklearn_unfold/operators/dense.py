@@ -133,11 +133,11 @@ class DenseOperator(LinearOperator):
             self._svd = (U.to(dt).contiguous(), s.to(_real_dtype(dt)), V.to(dt).contiguous())
         return self._svd
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         s = self.svd()[1]
         return (s[0].to(torch.float64) ** 2) if s.numel() else torch.zeros((), dtype=torch.float64)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return (self.A.abs().to(torch.float64) ** 2).sum()
 
     def to_dense(self) -> Tensor:
@@ -207,11 +207,11 @@ class DenseBatchOperator(_Grouped):
     def _per_sample(self, value: Tensor) -> Tensor:
         return value.repeat_interleave(self.repeats, dim=0).reshape(-1, 1)
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         s = self.svd()[1].to(torch.float64)
         return self._per_sample(s[:, 0] ** 2)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return self._per_sample((self.A.abs().to(torch.float64) ** 2).sum(dim=(1, 2)))
 
     def to_dense(self) -> Tensor:
@@ -282,13 +282,13 @@ class SVDOperator(_Grouped):
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.U, self.s, self.V
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         top = self.s.abs().to(torch.float64).amax(dim=-1)
         if not self.per_sample:
             return top**2
         return (top**2).repeat_interleave(self.repeats).reshape(-1, 1)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         fro = (self.s.to(torch.float64) ** 2).sum(dim=-1)
         return fro if not self.per_sample else fro.repeat_interleave(self.repeats).reshape(-1, 1)
 
@@ -341,10 +341,10 @@ class SparseOperator(LinearOperator):
             return self
         return SparseOperator(self._scipy, dtype=dtype, device=device)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return torch.tensor(float(np.sum(np.abs(self._scipy.data) ** 2)), dtype=torch.float64)
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         """``‖A‖₂²`` from scipy's sparse SVD (ARPACK), to its tolerance."""
         return _scipy_norm_sq(self._scipy, self)
 
@@ -430,7 +430,7 @@ class ScipyOperator(LinearOperator):
         else ``None`` (conjugate gradients)."""
         return _small_svd(self)
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         """``‖A‖₂²`` from scipy's sparse SVD (ARPACK) when the operator has an adjoint."""
         if not self.has_adjoint:
             self._adj(np.zeros((0, self.shape[0])))  # raises: a norm bound needs the adjoint
@@ -462,7 +462,7 @@ def _scipy_norm_sq(A, op: LinearOperator) -> Tensor:
             return torch.tensor(float(s[0]) ** 2, dtype=torch.float64)
         except (ValueError, spla.ArpackError, spla.ArpackNoConvergence):
             pass
-    return LinearOperator.norm_sq(op)
+    return LinearOperator._norm_sq(op)
 
 
 def _has_adjoint(A: spla.LinearOperator) -> bool:

@@ -165,6 +165,7 @@ class _PartialTransform(LinearOperator):
         if not self.per_sample:
             return self
         out = copy.copy(self)
+        out.__dict__.pop("_memo_values", None)  # values of this operator, not of the copy
         out.rows = self.rows[_index_tensor(index, self.shape[0], self.device)]
         out.shape = (int(out.rows.shape[0]),) + self.shape[1:]
         return out
@@ -175,13 +176,14 @@ class _PartialTransform(LinearOperator):
         if new_dtype == self._dtype and device == self.device:
             return self
         out = copy.copy(self)
+        out.__dict__.pop("_memo_values", None)  # values of this operator, not of the copy
         out._dtype, out.rows = new_dtype, self.rows.to(device)
         return out
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         return _per_sample_constant(self.scale**2, self)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return _per_sample_constant(self.n_measurements * self.scale**2, self)
 
     def fingerprint(self) -> str:
@@ -394,10 +396,10 @@ class KroneckerOperator(LinearOperator):
         A1, A2 = self.A1.to(dtype=dtype, device=device), self.A2.to(dtype=dtype, device=device)
         return self if A1 is self.A1 and A2 is self.A2 else KroneckerOperator(A1, A2)
 
-    def norm_sq(self) -> Tensor:
+    def _norm_sq(self) -> Tensor:
         return self.A1.norm_sq() * self.A2.norm_sq()
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return self.A1.frobenius_sq() * self.A2.frobenius_sq()
 
     def _factor_svds(self):
@@ -489,7 +491,7 @@ class RealView(LinearOperator):
         op = self.op.to(dtype=None if dtype is None else _real_dtype(dtype), device=device)
         return self if op is self.op else RealView(op)
 
-    def frobenius_sq(self) -> Tensor:
+    def _frobenius_sq(self) -> Tensor:
         return self.op.frobenius_sq()
 
     def fingerprint(self) -> str:
