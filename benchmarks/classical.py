@@ -1,6 +1,7 @@
 """NMSE per iteration of the classical solvers on giid and kappa15, beside published numbers.
 
-Run from the repository root (about two minutes per problem on 2 CPU cores, most of it ISTA)::
+Run from the repository root (most of the time is ISTA's; the documentation's benchmarks page
+records the figures and the wall times)::
 
     python benchmarks/classical.py                 # giid and kappa15, 1000 test samples
     python benchmarks/classical.py --problems giid --n-test 200 --threads 1

@@ -32,8 +32,8 @@ with Dask's default instead.
 
 Usage::
 
-    python benchmarks/distributed.py                  # the full run (many minutes)
-    python benchmarks/distributed.py --quick          # a small version, under ~2 minutes
+    python benchmarks/distributed.py                  # the full run (figures: the Scaling out page)
+    python benchmarks/distributed.py --quick          # a small version (see --help)
     python benchmarks/distributed.py --n-samples 200000 --skip-search
 
 The ``.npy`` outputs go to a temporary directory (``--out-dir`` to choose; 1,000,000 estimates
@@ -255,7 +255,7 @@ def out_of_core(client, sizes: list[int], chunk: int, n_memory: int, max_iter: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a small version (under ~2 minutes): 300 training pairs and "
+                        help="a small version: 300 training pairs and "
                              "2 folds, 10,000 and 30,000 predicted samples")
     parser.add_argument("--n-samples", type=int, default=None,
                         help="samples of the large prediction run (default 1,000,000)")

@@ -136,15 +136,15 @@ def run_config(name, n_train, n_test, device, seed, peers_cache, overrides=None,
     print(f"\n== {name}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
           f"on {problem}, {n_train} training pairs, device={device}")
     print(f"training wall time: {train_s:.1f} s "
-          f"({sum(h['steps'] for h in est.history_)} optimiser steps, "
-          f"{len(est.history_)} stages)")
+          f"({sum(h['steps'] for h in est.stages_)} optimiser steps, "
+          f"{len(est.stages_)} stages)")
     header = f"{'layer':>5} {'learned':>9} {'init':>9}" + "".join(f" {r[:24]:>25}" for r in refs)
     print(header)
     for t, (dl, di) in enumerate(zip(staged, init, strict=False), start=1):
         ref_cols = "".join(
             f" {REFERENCES[r][t]:>25.2f}" if t in REFERENCES[r] else f" {'':>25}" for r in refs)
         print(f"{t:>5} {dl:>9.2f} {di:>9.2f}{ref_cols}")
-    trace = {h["layer"]: h["val_nmse_db"] for h in est.history_}  # each depth's last stage
+    trace = {h["layer"]: h["val_nmse_db"] for h in est.stages_}  # each depth's last stage
     if len(trace) > 1:
         print("greedy trace (validation NMSE at the end of each depth's stages, the quantity "
               "the references report): " + ", ".join(f"{trace[t]:.3f}" for t in sorted(trace)))

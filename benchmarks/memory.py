@@ -24,8 +24,9 @@ Usage::
     python benchmarks/memory.py                      # AMP and LAMP, 1e4 and 1e6 samples
     python benchmarks/memory.py --sizes 10000 100000 --estimators amp --threads 1
 
-The 10⁶-sample runs need about 2 + 4 + (working) GB of memory and several minutes on 2 cores
-(``--threads 1`` when the cores are shared with other work: torch's threads then oversubscribe).
+The 10⁶-sample runs need about 2 + 4 + (working) GB of memory (``--threads 1`` when the cores are
+shared with other work: torch's threads then oversubscribe). The documentation's benchmarks page
+records the figures and the wall times.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ learned one (LISTA: the work is training), the same grid is searched with ``n_jo
 it scores, so the table shows whether the workers oversubscribe the cores: with ``n_jobs=2`` on
 2 cores each worker must run torch on 1 thread (joblib's loky backend gives each worker
 ``cpu_count() // n_jobs`` threads through ``OMP_NUM_THREADS``; see
-:mod:`sklearn_unfold._parallel`). The criterion (issue 4): ``n_jobs=2`` no slower than
-``n_jobs=1`` (within 10 %) on 2 cores, faster where one fit cannot keep both cores busy.
+:mod:`sklearn_unfold._parallel`). The criterion: ``n_jobs=2`` no slower than ``n_jobs=1``
+(within 10 %) on 2 cores, faster where one fit cannot keep both cores busy.
 
 Usage::
 

@@ -6,6 +6,11 @@ runs it on a fresh test set measured through the same ``A``, prints a table (met
 or layers, test NMSE in dB, fit seconds, predict milliseconds per sample) and writes a PNG of
 NMSE against iteration / layer. The work is done by
 :func:`sklearn_unfold.comparison.run_comparison`.
+
+Progress goes to stderr: tqdm bars when stderr is a terminal, otherwise (a pipe, a log file, a
+CI job) one plain line per method with its fit time and test NMSE, without carriage returns or
+terminal control codes. ``--quiet`` silences both. ``sklearn-unfold --version`` prints the
+installed version.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 from .comparison import (
     METHODS,
+    QUICK_N_VAL,
+    QUICK_PROBLEM,
+    QUICK_STEPS,
+    ComparisonResult,
     available_methods,
     default_methods,
     format_table,
@@ -30,6 +40,19 @@ from .comparison import (
 __all__ = ["main"]
 
 CLI_PROBLEMS = ("giid", "kappa15", "noiseless", "dct")
+#: Problem sizes without ``--quick`` (those with it are ``QUICK_PROBLEM``).
+DEFAULT_PROBLEM = {"n_train": 1000, "n_test": 1000, "n_features": 500, "n_measurements": 250}
+PLOT_INSTALL_HINT = 'pip install "sklearn-unfold[plot]"'
+
+
+def package_version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    try:
+        return metadata.version("sklearn-unfold")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
 
 
 # ----------------------------------------------------------------------------- command line
@@ -47,34 +70,59 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser and the ``compare`` sub-parser (for its error messages)."""
     parser = argparse.ArgumentParser(
         prog="sklearn-unfold", description="Deep unfolding and message passing, compared.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     cmp_ = sub.add_parser(
         "compare", help="run every method on a reference problem and print a table",
         description="Fit every method on a training set of a reference problem (N = 500, M = 250, "
                     "Bernoulli-Gaussian signals; Borgerding et al. 2017), "
                     "measure it on a fresh test set through the same A, print a table and write "
-                    "a PNG of NMSE against iteration / layer.")
+                    "a PNG of NMSE against iteration / layer. Progress goes to stderr: bars on a "
+                    "terminal, one line per method otherwise.")
+    q = QUICK_PROBLEM
+    cmp_.add_argument(
+        "--quick", action="store_true",
+        help="a smaller, faster run of every method (its time is on the benchmarks page): "
+             f"N={q['n_features']}, M={q['n_measurements']} (the same ratio, sparsity and SNR), "
+             f"{q['n_train']} "
+             f"training and {q['n_test']} test pairs, the scikit-learn peers tuned on "
+             f"{QUICK_N_VAL} validation pairs, and the learned networks trained end to end for "
+             f"{QUICK_STEPS['lista']} (LISTA), {QUICK_STEPS['lamp']} (LAMP) and "
+             f"{QUICK_STEPS['ldvamp']} (LDVAMP) optimiser steps per stage; the classical solvers "
+             "keep their defaults. Size options given explicitly override it")
+
+    def default(key: str) -> str:
+        return f"(default: {DEFAULT_PROBLEM[key]}; {QUICK_PROBLEM[key]} with --quick)"
+
     cmp_.add_argument("--problem", choices=CLI_PROBLEMS, default="giid",
                       help="reference problem (default: %(default)s)")
-    cmp_.add_argument("--n-train", type=_positive_int, default=1000,
-                      help="training pairs (default: %(default)s)")
-    cmp_.add_argument("--n-test", type=_positive_int, default=1000,
-                      help="test pairs (default: %(default)s)")
-    cmp_.add_argument("--n-features", type=_positive_int, default=500,
-                      help="signal length N (default: %(default)s, the reference problems)")
-    cmp_.add_argument("--n-measurements", type=_positive_int, default=250,
-                      help="measurements M (default: %(default)s)")
+    cmp_.add_argument("--n-train", type=_positive_int, default=None,
+                      help="training pairs " + default("n_train"))
+    cmp_.add_argument("--n-test", type=_positive_int, default=None,
+                      help="test pairs " + default("n_test"))
+    cmp_.add_argument("--n-features", type=_positive_int, default=None,
+                      help="signal length N " + default("n_features"))
+    cmp_.add_argument("--n-measurements", type=_positive_int, default=None,
+                      help="measurements M " + default("n_measurements"))
     cmp_.add_argument("--methods", default=None,
                       help="comma-separated list from: " + ", ".join(METHODS)
                            + " (default: all available)")
     cmp_.add_argument("--output", default="compare.png",
-                      help="PNG of NMSE against iteration (default: %(default)s)")
+                      help="PNG of NMSE against iteration (default: %(default)s; needs matplotlib: "
+                           + PLOT_INSTALL_HINT + ")")
     cmp_.add_argument("--no-plot", action="store_true", help="skip the curves and the PNG")
     cmp_.add_argument("--random-state", type=int, default=0, help="seed (default: %(default)s)")
     cmp_.add_argument("--threads", type=_positive_int, default=None,
                       help="CPU threads for torch and BLAS (default: their own defaults)")
-    cmp_.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp_.add_argument("--quiet", action="store_true",
+                      help="no progress on stderr (neither bars nor per-method lines)")
     return parser, cmp_
+
+
+def _resolve_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The problem sizes: the options given, else the ``--quick`` or the full defaults."""
+    base = QUICK_PROBLEM if args.quick else DEFAULT_PROBLEM
+    return {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULT_PROBLEM}
 
 
 def _parse_methods(parser: argparse.ArgumentParser, text: str | None) -> list[str]:
@@ -94,7 +142,11 @@ def _parse_methods(parser: argparse.ArgumentParser, text: str | None) -> list[st
 
 def _check_output(parser: argparse.ArgumentParser, output: str) -> None:
     """Fail before the run, not after it, when the figure cannot be written."""
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        parser.error(f"--output: writing the figure needs matplotlib, which is not installed; "
+                     f"install it with {PLOT_INSTALL_HINT}, or pass --no-plot")
 
     path = Path(output)
     if not path.parent.is_dir():
@@ -123,6 +175,26 @@ def _thread_limit(n_threads: int | None):
         torch.set_num_threads(before)
 
 
+class _LineLog:
+    """One plain progress line per method on a stream that is not a terminal."""
+
+    def __init__(self, total: int, stream):
+        self.total, self.stream, self.done = total, stream, 0
+
+    def __call__(self, result: ComparisonResult) -> None:
+        self.done += 1
+        width = len(str(self.total))
+        print(f"[{self.done:>{width}}/{self.total}] {result.label}: fit {result.fit_seconds:.2f} s, "
+              f"test NMSE {result.nmse_db:.2f} dB", file=self.stream, flush=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sklearn-unfold``; returns the exit status.
 
@@ -130,28 +202,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     ----------
     argv : sequence of str, optional
         Arguments without the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns
+    -------
+    int
+        0 on success, 1 when the figure cannot be written (bad options exit with status 2).
     """
     top, parser = _build_parser()
     args = top.parse_args(argv)
     methods = _parse_methods(parser, args.methods)
     if not args.no_plot:
         _check_output(parser, args.output)
-    if args.n_measurements > args.n_features:
-        parser.error(f"--n-measurements ({args.n_measurements}) must not exceed --n-features "
-                     f"({args.n_features}): compressed sensing measures fewer than N.")
-    data = make_comparison_data(args.problem, args.n_train, args.n_test, args.random_state,
-                                n_features=args.n_features, n_measurements=args.n_measurements)
+    sizes = _resolve_sizes(args)
+    if sizes["n_measurements"] > sizes["n_features"]:
+        parser.error(f"--n-measurements ({sizes['n_measurements']}) must not exceed --n-features "
+                     f"({sizes['n_features']}): compressed sensing measures fewer than N.")
+    data = make_comparison_data(args.problem, sizes["n_train"], sizes["n_test"], args.random_state,
+                                n_features=sizes["n_features"],
+                                n_measurements=sizes["n_measurements"])
     M, N = data.A.shape
+    bars = not args.quiet and _is_terminal(sys.stderr)
+    log = None if args.quiet or bars else _LineLog(len(methods), sys.stderr)
     with _thread_limit(args.threads):
         results = run_comparison(methods, data=data, random_state=args.random_state,
-                                 curves=not args.no_plot, progress=not args.quiet)
-    print(f"problem {args.problem}: N={N}, M={M}, {args.n_train} training and {args.n_test} "
-          f"test samples, random_state={args.random_state}")
+                                 curves=not args.no_plot, progress=bars, quick=args.quick,
+                                 callback=log)
+    print(f"problem {args.problem}{' (--quick)' if args.quick else ''}: N={N}, M={M}, "
+          f"{sizes['n_train']} training and {sizes['n_test']} test samples, "
+          f"random_state={args.random_state}")
     print(format_table(results))
     if not args.no_plot:
         try:
             plot_comparison(results, args.output, title=f"{args.problem}: N={N}, M={M}, "
-                                                        f"{args.n_test} test samples")
+                                                        f"{sizes['n_test']} test samples")
         except OSError as exc:
             print(f"sklearn-unfold: cannot write {args.output}: {exc}", file=sys.stderr)
             return 1

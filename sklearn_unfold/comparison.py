@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from .datasets import make_compressed_sensing
 from .estimators import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
 
-__all__ = ["ComparisonData", "ComparisonResult", "METHODS", "Method", "available_methods",
-           "default_methods", "format_table", "learned_import_error", "make_comparison_data",
-           "plot_comparison", "run_comparison"]
+__all__ = ["ComparisonData", "ComparisonResult", "METHODS", "Method", "QUICK_N_VAL", "QUICK_PROBLEM",
+           "QUICK_STEPS", "available_methods", "default_methods", "format_table",
+           "learned_import_error", "make_comparison_data", "plot_comparison", "run_comparison"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -74,6 +74,17 @@ def make_comparison_data(problem: str = "giid", n_train: int = 1000, n_test: int
                                       n_measurements=n_measurements, random_state=rng)
     Y_test, X_test, _ = make_compressed_sensing(problem, n_test, A=A, random_state=rng)
     return ComparisonData(problem, A, Y, X, Y_test, X_test)
+
+
+#: The problem of ``compare --quick``: the reference problems' ratios (M / N = 1/2, 10 %
+#: non-zeros, 40 dB) at half their size, with fewer pairs (read-only).
+QUICK_PROBLEM = MappingProxyType({"n_train": 500, "n_test": 100, "n_features": 250,
+                                  "n_measurements": 125})
+#: Optimiser steps per training stage of each learned method under ``compare --quick``
+#: (30, 100 and 100 otherwise; read-only).
+QUICK_STEPS = MappingProxyType({"lista": 10, "lamp": 20, "ldvamp": 10})
+#: Validation pairs on which ``compare --quick`` tunes the scikit-learn peers (100 otherwise).
+QUICK_N_VAL = 50
 
 
 # ----------------------------------------------------------------------------- peers
@@ -142,7 +153,7 @@ class _TunedOMP:
 
     def predict(self, Y: np.ndarray) -> np.ndarray:
         # precompute=True: the Gram matrix once for all samples, OMP's fastest exact form here
-        # (sklearn's "auto" skips it for a wide A and is about 1.5x slower on the default problem)
+        # (sklearn's "auto" skips it for a wide A and is slower; see the benchmarks page)
         omp = OrthogonalMatchingPursuit(n_nonzero_coefs=self.n_nonzero_coefs_,
                                         fit_intercept=False, precompute=True)
         return np.reshape(omp.fit(self.A, Y.T).coef_, (Y.shape[0], -1))
@@ -157,32 +168,55 @@ def _sq_error(X_hat: np.ndarray, X: np.ndarray) -> float:
 class Method:
     """A method of the comparison: its printed label and a factory of the unfitted estimator.
 
-    ``build(data, random_state)`` returns an object with ``fit(Y, X)`` and ``predict(Y)``
-    (``staged_predict`` too for a curve in the plot).
+    ``build(data, random_state, quick=False)`` returns an object with ``fit(Y, X)`` and
+    ``predict(Y)`` (``staged_predict`` too for a curve in the plot); ``quick=True`` asks for the
+    smaller training budget of ``compare --quick`` (the classical methods ignore it).
     """
 
     label: str
-    build: Callable[[ComparisonData, int], object]
+    build: Callable[..., object]
     learned: bool = False
 
 
-def _learned(class_name: str, steps_per_stage: int, **params) -> Callable:
+def _classical(factory: Callable[[np.ndarray], object]) -> Callable:
+    """Factory of a classical solver: it has nothing to train, so ``quick`` does not apply."""
+
+    def build(data: ComparisonData, random_state: int, quick: bool = False):
+        return factory(data.A)
+
+    return build
+
+
+def _peer(cls: type) -> Callable:
+    """Factory of a tuned scikit-learn peer: ``quick`` tunes it on ``QUICK_N_VAL`` pairs, not 100."""
+
+    def build(data: ComparisonData, random_state: int, quick: bool = False):
+        return cls(data.A, n_val=QUICK_N_VAL if quick else 100)
+
+    return build
+
+
+def _learned(class_name: str, steps_per_stage: int, quick_steps: int, **params) -> Callable:
     """Factory of a learned estimator with a small training budget.
 
     The network trains on fresh signals from the Bernoulli-Gaussian prior fitted to the training
     signals (the pairs then serve for validation), for at most ``steps_per_stage`` optimiser
-    steps per training stage. Parameters the estimator does not have are skipped.
+    steps per training stage. With ``quick=True`` it trains end to end (3 stages), for at most
+    ``quick_steps`` steps per stage. Parameters the estimator does not have are skipped.
     """
 
-    def build(data: ComparisonData, random_state: int):
+    def build(data: ComparisonData, random_state: int, quick: bool = False):
         from .estimators import learned
 
         est = getattr(learned, class_name)(A=data.A)
         known = est.get_params()
         n_fit = max(1.0, data.Y_train.shape[0] * (1.0 - known.get("validation_fraction", 0.0)))
-        epochs = steps_per_stage * known.get("batch_size", 500) / n_fit
+        steps = quick_steps if quick else steps_per_stage
+        epochs = steps * known.get("batch_size", 500) / n_fit
         wanted = {"signal_prior": "bernoulli_gaussian", "max_epochs": epochs,
                   "random_state": random_state, **params}
+        if quick:
+            wanted["training"] = "end_to_end"
         return est.set_params(**{k: v for k, v in wanted.items() if k in known})
 
     return build
@@ -190,23 +224,23 @@ def _learned(class_name: str, steps_per_stage: int, **params) -> Callable:
 
 #: The methods ``compare`` knows, by the name ``--methods`` takes (read-only).
 METHODS = MappingProxyType({
-    "ista": Method("ISTA", lambda d, rs: ISTARegressor(A=d.A)),
-    "fista": Method("FISTA", lambda d, rs: FISTARegressor(A=d.A)),
-    "amp-soft": Method("AMP-soft", lambda d, rs: AMPRegressor(A=d.A, denoiser="soft")),
-    "amp-bg": Method("AMP-bg", lambda d, rs: AMPRegressor(A=d.A, denoiser="bg")),
-    "vamp-soft": Method("VAMP-soft", lambda d, rs: VAMPRegressor(A=d.A, denoiser="soft")),
-    "vamp-bg": Method("VAMP-bg", lambda d, rs: VAMPRegressor(A=d.A, denoiser="bg")),
-    "lasso": Method("sklearn Lasso", lambda d, rs: _TunedLasso(d.A)),
-    "omp": Method("sklearn OMP", lambda d, rs: _TunedOMP(d.A)),
-    # Learned networks: small budgets that keep the default run to a few minutes on 2 cores.
-    # LAMP and LDVAMP train end to end here (3 stages instead of 21): layer-wise, their default,
-    # made the whole command take 7 min 12 s instead of 4 min 45 s on 2 cores, for −45.18 dB
-    # instead of −44.72 (LAMP) and the same NMSE (LDVAMP).
-    "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 30, n_layers=10), learned=True),
-    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, n_layers=10,
+    "ista": Method("ISTA", _classical(lambda A: ISTARegressor(A=A))),
+    "fista": Method("FISTA", _classical(lambda A: FISTARegressor(A=A))),
+    "amp-soft": Method("AMP-soft", _classical(lambda A: AMPRegressor(A=A, denoiser="soft"))),
+    "amp-bg": Method("AMP-bg", _classical(lambda A: AMPRegressor(A=A, denoiser="bg"))),
+    "vamp-soft": Method("VAMP-soft", _classical(lambda A: VAMPRegressor(A=A, denoiser="soft"))),
+    "vamp-bg": Method("VAMP-bg", _classical(lambda A: VAMPRegressor(A=A, denoiser="bg"))),
+    "lasso": Method("sklearn Lasso", _peer(_TunedLasso)),
+    "omp": Method("sklearn OMP", _peer(_TunedOMP)),
+    # Learned networks: small budgets (the benchmarks page of the documentation records the
+    # command's wall time). LAMP and LDVAMP train end to end here, 3 stages instead of the 21 of
+    # their default layer-wise growth, which gives the same NMSE within 0.5 dB in more time.
+    "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 30, QUICK_STEPS["lista"],
+                                           n_layers=10), learned=True),
+    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, QUICK_STEPS["lamp"], n_layers=10,
                                        training="end_to_end"), learned=True),
-    "ldvamp": Method("LDVAMP-bg", _learned("LDVAMPRegressor", 100, n_layers=10,
-                                           training="end_to_end"), learned=True),
+    "ldvamp": Method("LDVAMP-bg", _learned("LDVAMPRegressor", 100, QUICK_STEPS["ldvamp"],
+                                           n_layers=10, training="end_to_end"), learned=True),
 })
 
 
@@ -282,9 +316,9 @@ def _chunk_errors(est, Y: np.ndarray, X: np.ndarray, staged: bool) -> tuple[np.n
 
 
 def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: bool,
-                chunk_size: int, progress: bool) -> ComparisonResult:
+                chunk_size: int, progress: bool, quick: bool) -> ComparisonResult:
     method = METHODS[name]
-    est = method.build(data, random_state)
+    est = method.build(data, random_state, quick=quick)
     if progress and method.learned and "verbose" in est.get_params():
         est.set_params(verbose=1)  # the training engine's own progress bar
     staged = curves and hasattr(est, "staged_predict")
@@ -320,9 +354,11 @@ def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: b
 
 
 def run_comparison(methods: Sequence[str] | None = None, *, problem: str = "giid",
-                   n_train: int = 1000, n_test: int = 1000, random_state: int = 0,
+                   n_train: int | None = None, n_test: int | None = None, random_state: int = 0,
                    data: ComparisonData | None = None, curves: bool = True,
-                   chunk_size: int = 250, progress: bool = True) -> list[ComparisonResult]:
+                   chunk_size: int = 250, progress: bool = True, quick: bool = False,
+                   callback: Callable[[ComparisonResult], None] | None = None,
+                   ) -> list[ComparisonResult]:
     """Fit every method on the training pairs and measure it on the test pairs.
 
     Parameters
@@ -331,8 +367,9 @@ def run_comparison(methods: Sequence[str] | None = None, *, problem: str = "giid
         Names from :data:`METHODS`; default :func:`default_methods`.
     problem : {"giid", "kappa15", "noiseless", "dct"}, default="giid"
         Ignored when ``data`` is given.
-    n_train, n_test : int, default=1000
-        Sample counts (ignored when ``data`` is given).
+    n_train, n_test : int, optional
+        Sample counts (ignored when ``data`` is given); 1,000 each by default, those of
+        :data:`QUICK_PROBLEM` with ``quick=True``.
     random_state : int, default=0
         Seeds the data and the learned networks' training.
     data : ComparisonData, optional
@@ -344,6 +381,13 @@ def run_comparison(methods: Sequence[str] | None = None, *, problem: str = "giid
         Test samples per ``predict`` call (the progress bar advances per chunk).
     progress : bool, default=True
         Show tqdm progress bars (on stderr).
+    quick : bool, default=False
+        The small configuration of ``compare --quick``: without ``data``, the problem size of
+        :data:`QUICK_PROBLEM`; for the learned methods, the training budget of
+        :data:`QUICK_STEPS`.
+    callback : callable, optional
+        Called with each method's :class:`ComparisonResult` as soon as it is measured (the
+        command line logs one line per method with it).
 
     Returns
     -------
@@ -355,13 +399,20 @@ def run_comparison(methods: Sequence[str] | None = None, *, problem: str = "giid
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
     if data is None:
-        data = make_comparison_data(problem, n_train, n_test, random_state)
+        sizes = dict(QUICK_PROBLEM) if quick else {"n_train": 1000, "n_test": 1000,
+                                                   "n_features": 500, "n_measurements": 250}
+        sizes.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None})
+        data = make_comparison_data(problem, sizes.pop("n_train"), sizes.pop("n_test"),
+                                    random_state, **sizes)
     results = []
     with tqdm(methods, desc="compare", unit="method", disable=not progress) as bar:
         for name in bar:
             bar.set_postfix_str(METHODS[name].label)
             results.append(_run_method(name, data, random_state=random_state, curves=curves,
-                                       chunk_size=max(1, int(chunk_size)), progress=progress))
+                                       chunk_size=max(1, int(chunk_size)), progress=progress,
+                                       quick=quick))
+            if callback is not None:
+                callback(results[-1])
     return results
 
 

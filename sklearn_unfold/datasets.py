@@ -81,8 +81,9 @@ class BernoulliGaussianPrior:
         self.n_features = X.shape[1]
         self.sparsity = float(np.clip(nz.mean(), 1.0 / X.size, 1.0))
         active = X[nz]
-        self.var = float(np.mean(active**2)) if active.size else 1.0
-        self.var = max(self.var, 1e-12)
+        # the mean square in units of the largest entry: neither underflows nor overflows
+        peak = float(np.abs(active).max()) if active.size else 0.0
+        self.var = float(np.mean((active / peak) ** 2)) * peak**2 if peak > 0 else 1.0
         return self
 
     @property

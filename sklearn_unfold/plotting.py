@@ -43,7 +43,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "Plotting needs matplotlib: pip install matplotlib") from exc
+            "Plotting needs matplotlib: pip install \"sklearn-unfold[plot]\" (or matplotlib)") from exc
     return plt
 
 
@@ -257,13 +257,14 @@ def _records(history: Iterable[Mapping]) -> list[dict]:
 
 
 class TrainingHistoryDisplay:
-    """Validation NMSE of a learned estimator across its training stages and layers.
+    """Validation NMSE of a learned estimator across its training: a learning curve.
 
-    The history is the estimator's ``history_``: one record (dict) per training stage, with
-    ``"val_nmse_db"`` and, when present, ``"stage"`` (``"layer"`` for a new layer trained
-    alone, ``"refine"``, ``"end_to_end"``), ``"layer"`` (the active depth, from 1), ``"steps"``
-    (optimiser steps of the stage), ``"train_loss"`` and ``"learning_rate"`` (or ``"lr"``).
-    Missing optional keys are tolerated.
+    The history is the estimator's ``history_``: one record (dict) per validation check, with
+    ``"val_nmse_db"`` and, when present, ``"step"`` (optimiser steps so far), ``"stage"``
+    (``"layer"`` for a new layer trained alone, ``"refine"``, ``"end_to_end"``), ``"layer"``
+    (the active depth, from 1) and ``"best_val_nmse_db"`` (the stage's best so far). One record
+    per stage (the estimator's ``stages_``, with ``"steps"``, the optimiser steps of each
+    stage) is drawn as well. Missing optional keys are tolerated.
 
     Parameters
     ----------
@@ -289,11 +290,11 @@ class TrainingHistoryDisplay:
 
     @property
     def layer_nmse_db(self) -> dict[int, float]:
-        """The validation NMSE (dB) at the end of each layer's last stage, by depth."""
+        """The validation NMSE (dB) each depth ends on (its last stage's best checkpoint)."""
         out: dict[int, float] = {}
         for rec in self.history:
             if "layer" in rec:
-                out[int(rec["layer"])] = float(rec["val_nmse_db"])
+                out[int(rec["layer"])] = float(rec.get("best_val_nmse_db", rec["val_nmse_db"]))
         return out
 
     def plot(self, ax=None, *, kind: str = "stages", **line_kw) -> TrainingHistoryDisplay:
@@ -303,8 +304,9 @@ class TrainingHistoryDisplay:
         ----------
         ax : matplotlib Axes, optional
         kind : {"stages", "layers"}, default="stages"
-            ``"stages"``: one point per stage against the cumulative optimiser steps (the stage
-            number when steps are not recorded), markers by stage kind and a dotted line where
+            ``"stages"``: the validation NMSE of every record against the optimiser steps
+            (``"step"``; for one record per stage, the cumulative ``"steps"``; the record
+            number when neither is recorded), markers by stage kind and a dotted line where
             each new layer starts. ``"layers"``: the final validation NMSE of each depth.
         **line_kw
             Keyword arguments of the curve (``ax.plot``).
@@ -337,7 +339,10 @@ class TrainingHistoryDisplay:
 
     def _plot_stages(self, ax, label: str, line_kw: Mapping) -> None:
         recs = self.history
-        if all("steps" in r for r in recs):
+        if all("step" in r for r in recs):
+            x = np.array([int(r["step"]) for r in recs])
+            ax.set_xlabel("optimiser steps")
+        elif all("steps" in r for r in recs):
             x = np.cumsum([int(r["steps"]) for r in recs])
             ax.set_xlabel("optimiser steps")
         else:
@@ -356,8 +361,9 @@ class TrainingHistoryDisplay:
             layers = [int(r["layer"]) for r in recs]
             starts = [0] + [i for i in range(1, len(recs)) if layers[i] != layers[i - 1]]
             show_text = len(starts) <= 20
+            per_check = all("step" in r for r in recs)  # a check opens each stage
             for i in starts:
-                x0 = x[i - 1] if i > 0 else 0
+                x0 = x[i] if per_check else (x[i - 1] if i > 0 else 0)
                 self.layer_lines_.append(
                     ax.axvline(x0, color="grey", linestyle=":", linewidth=0.8))
                 if show_text:

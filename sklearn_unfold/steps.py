@@ -21,7 +21,22 @@ from torch import Tensor
 from .denoisers import DenoiserFn
 from .operators import LinearOperator
 
-_EPS = 1e-10
+#: Bounds of the stage derivatives ``α`` (dimensionless): they keep the extrinsic messages finite.
+_ALPHA_MIN, _ALPHA_MAX = 1e-10, 1.0 - 1e-7
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    """The smallest positive normal number of ``dtype``'s real part."""
+    return float(torch.finfo(dtype).tiny)
+
+
+def sigma_floor(dtype: torch.dtype) -> float:
+    """A guard for a noise level ``σ``: ``√tiny``, so that ``σ²`` (and ``1/σ²``) stay finite.
+
+    It is scale-free in practice (``1.5e-154`` in float64, ``1.1e-19`` in float32): it only bites
+    on a residual that is exactly zero, never on data of any ordinary scale.
+    """
+    return _tiny(dtype) ** 0.5
 
 
 def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0) -> Tensor:
@@ -132,7 +147,7 @@ def amp_step(
         # x + v Bᵀ in one GEMM (its add is fused): one pass fewer over the (n, N) entries
         r = x + step * op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
     sigma = v.norm(dim=-1, keepdim=True) / math.sqrt(M)
-    sigma = sigma.clamp_min(_EPS)
+    sigma = sigma.clamp_min(sigma_floor(sigma.dtype))  # only a zero residual: no absolute scale
     x_new, dmean = denoiser(r, sigma, theta)
     return x_new, v, onsager_scale * (N / M) * dmean, sigma
 
@@ -175,9 +190,38 @@ def vamp_initial_precision(Y: Tensor, frobenius_sq: float | Tensor, noise_var: f
     return 1.0 / m_hat
 
 
+def vamp_precision_bounds(gamma0: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The range VAMP's precisions ``γ1, γ2`` are kept in, relative to the starting ``γ0``.
+
+    ``[10^{-12} γ0,\ 4 γ0/ε²]`` (``ε`` the dtype's machine epsilon): an error variance below
+    ``ε²/4`` times the signal's second moment is below the round-off of the estimate itself, and
+    one twelve orders of magnitude above it carries no information. Both ends scale with the
+    data (``γ0 = 1/m̂``), so scaling ``Y`` and ``X`` together scales every precision by the
+    same factor, and neither ``γ`` nor ``1/γ`` can overflow or underflow on data of any
+    ordinary scale (the unbounded updates ran ``γ`` up to ``1/σw²`` for a tiny ``σw²``).
+
+    Parameters
+    ----------
+    gamma0 : Tensor of shape (n, 1)
+        The starting precision (:func:`vamp_initial_precision`).
+
+    Returns
+    -------
+    (low, high) : tuple of Tensor of shape (n, 1)
+    """
+    eps = float(torch.finfo(gamma0.dtype).eps)
+    return gamma0 * 1e-12, gamma0 * (4.0 / (eps * eps))
+
+
+def _clamp_precision(gamma: Tensor, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
+    if bounds is None:  # positivity only (a learned correction may push γ through zero)
+        return gamma.clamp_min(_tiny(gamma.dtype))
+    return torch.minimum(torch.maximum(gamma, bounds[0]), bounds[1])
+
+
 def _extrinsic(x: Tensor, alpha: Tensor, r: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
     r"""Onsager-corrected message: ``η = γ/α``, ``γ_out = η − γ``, ``r_out = (η x − γ r)/γ_out``."""
-    alpha = alpha.clamp(_EPS, 1.0 - 1e-7)
+    alpha = alpha.clamp(_ALPHA_MIN, _ALPHA_MAX)
     gamma_out = gamma * (1.0 - alpha) / alpha
     r_out = (x - alpha * r) / (1.0 - alpha)
     return r_out, gamma_out
@@ -195,6 +239,7 @@ def vamp_step(
     gain_scale: Tensor | None = None,
     gamma1_scale: float | Tensor = 1.0,
     gamma2_scale: float | Tensor = 1.0,
+    precision_bounds: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""One VAMP / LDVAMP iteration: the LMMSE stage, then the denoiser stage.
 
@@ -211,10 +256,15 @@ def vamp_step(
     Classical VAMP has ``c_1 = c_2 = 1`` and the matched ``γ_w = 1/σ_w²``; LDVAMP learns
     ``γ_w``, the corrections ``c_1, c_2``, the gains and the denoiser per layer.
     Start from ``r_2 = 0`` and :func:`vamp_initial_precision`. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
+
+    The LMMSE stage depends on ``γw`` and ``γ2`` only through their ratio, and is computed
+    from ``γ2/γw`` with a unit noise precision: a tiny ``σw²`` (a huge ``γw``) cannot overflow
+    it. ``precision_bounds`` (:func:`vamp_precision_bounds` of the starting precision) keeps
+    ``γ1`` and ``γ2⁺`` in a range relative to the data; without it they are only kept positive.
     """
-    x2, alpha2 = op.lmmse(r2, gamma2, context, gamma_w, gain_scale=gain_scale)
+    x2, alpha2 = op.lmmse(r2, gamma2 / gamma_w, context, 1.0, gain_scale=gain_scale)
     r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)
-    gamma1 = (gamma1_scale * gamma1).clamp_min(_EPS)
+    gamma1 = _clamp_precision(gamma1_scale * gamma1, precision_bounds)
     x1, alpha1 = denoiser(r1, gamma1.rsqrt(), theta)
     r2_new, gamma2_new = _extrinsic(x1, alpha1, r1, gamma1)
-    return x1, r2_new, (gamma2_scale * gamma2_new).clamp_min(_EPS), gamma1
+    return x1, r2_new, _clamp_precision(gamma2_scale * gamma2_new, precision_bounds), gamma1

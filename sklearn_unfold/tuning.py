@@ -80,8 +80,11 @@ def soft_threshold_for_prior(sparsity: float, var: float, noise_var: float, rati
     """The soft threshold multiplier ``λ`` with the lowest state-evolution fixed point.
 
     ``ratio`` is ``M/N``. VAMP (``algorithm="vamp"``) uses AMP's value: both then approach the
-    same LASSO fixed point.
+    same LASSO fixed point. ``λ`` is dimensionless: it is computed in units of the prior's
+    variance (``var = 1``), so it does not depend on the data's scale.
     """
+    if var > 0:
+        var, noise_var = 1.0, noise_var / var
     grid = np.linspace(0.2, 4.0, 39)
     best = float(grid[np.argmin(soft_state_evolution(grid, sparsity, var, noise_var, ratio))])
     res = minimize_scalar(
@@ -96,11 +99,16 @@ def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: 
 
     AMP-soft with threshold ``λτ`` has the LASSO fixed point with (Donoho-Maleki-Montanari
     calibration) ``α = λτ (1 − (N/M) P(|X + τZ| > λτ))``, ``τ²`` the state-evolution fixed point.
+    Computed in units of the prior's variance and scaled back (``α`` scales with ``√var``), so
+    it is exactly proportional to the data's scale.
     """
+    unit = float(np.sqrt(var)) if var > 0 else 1.0
+    if var > 0:
+        var, noise_var = 1.0, noise_var / var
     lam = soft_threshold_for_prior(sparsity, var, noise_var, ratio)
     tau2 = float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0])
     rate = float(soft_active_rate(tau2, lam, sparsity, var))
-    return float(lam * np.sqrt(tau2) * max(1.0 - rate / ratio, 1e-3))
+    return float(unit * lam * np.sqrt(tau2) * max(1.0 - rate / ratio, 1e-3))
 
 
 @torch.no_grad()

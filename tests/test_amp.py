@@ -93,3 +93,26 @@ def test_results_do_not_depend_on_batch_composition(giid):
     full = est.predict(giid["Yt"][:30])
     part = est.predict(giid["Yt"][10:20])
     np.testing.assert_allclose(part, full[10:20], rtol=1e-9, atol=1e-12)
+
+
+def test_staged_predict_memory_is_bounded_by_the_chunk(giid):
+    """staged_predict chunks like predict: the solver sees chunks, numpy holds one stage."""
+    import tracemalloc
+
+    from sklearn_unfold import AMPRegressor
+
+    Y = np.tile(giid["Yt"], (4, 1))[:800]
+    est = AMPRegressor(A=giid["A"], max_iter=3, tol=0, batch_size=100).fit(giid["Y"], giid["X"])
+    rows = []
+    solver = est._solver_iterates
+    est._solver_iterates = lambda Yc, op, report: rows.append(Yc.shape[0]) or solver(Yc, op, report)
+    tracemalloc.start()
+    for _ in est.staged_predict(Y):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rows == [100] * 8  # one solver per chunk, resumed stage after stage
+    out = Y.shape[0] * giid["A"].shape[1] * 8  # one stage's output, float64
+    assert peak < 2.5 * out  # the yielded stage (+ the chunks of Y): not every stage
+    del est._solver_iterates
+    np.testing.assert_allclose(list(est.staged_predict(Y))[-1], est.predict(Y), rtol=1e-12)

@@ -308,3 +308,71 @@ def test_refit_after_refused_A(cls, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert clone(est).fit(Y, X).predict(Y).shape == (N_SAMPLES, N)
+
+
+# ------------------------------------------------------------------ few pairs, swapped, repr
+CLASSICAL = [c for c in CLASSES if c.__name__ in
+             {"ISTARegressor", "FISTARegressor", "AMPRegressor", "VAMPRegressor"}]
+
+
+@pytest.mark.parametrize("cls", CLASSICAL, ids=lambda c: c.__name__)
+def test_estimated_A_from_too_few_pairs_warns_with_the_pairs_needed(cls, data):
+    Y, X, _ = data  # 16 pairs for N = 20 signal entries
+    with pytest.warns(UserWarning, match=r"estimated from the training pairs.*only 16 training "
+                                         r"pair\(s\) for 20 signal entries.*At least 20 pairs") as rec:
+        make_estimator(cls).fit(Y, X)
+    assert any(w.filename == __file__ for w in rec if "estimated" in str(w.message))
+
+
+@pytest.mark.parametrize("cls", CLASSICAL, ids=lambda c: c.__name__)
+def test_estimated_A_from_rank_deficient_signals_warns(cls):
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((M, N))
+    X = rng.standard_normal((40, 5)) @ rng.standard_normal((5, N))  # rank 5 < 20
+    with pytest.warns(UserWarning, match=r"span only 5 of the 20 dimensions"):
+        make_estimator(cls).fit(X @ A.T, X)
+
+
+@pytest.mark.parametrize("cls", CLASSICAL, ids=lambda c: c.__name__)
+def test_estimated_A_from_all_zero_signals_raises(cls, data):
+    Y, X, _ = data
+    with pytest.raises(ValueError, match=r"X is all zero .*estimated from the training pairs"):
+        make_estimator(cls).fit(Y, np.zeros_like(X))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_swapped_arguments_are_named_in_the_error(cls, data):
+    Y, X, A = data
+    with pytest.raises(ValueError, match=r"may be swapped.*fit\(Y, X\)"):
+        make_estimator(cls, A=A).fit(X, Y)
+
+
+@pytest.mark.parametrize("cls", CLASSICAL, ids=lambda c: c.__name__)
+def test_signals_passed_to_predict_are_named_in_the_error(cls, data):
+    Y, X, A = data
+    est = make_estimator(cls, A=A).fit(Y, X)
+    with pytest.raises(ValueError, match=r"width of the signals \(20 entries\).*not the signals"):
+        est.predict(X)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_repr_and_parameter_errors_summarise_the_matrix(cls):
+    A = np.random.default_rng(0).standard_normal((32, 64))
+    est = cls(A=A)
+    assert "A=<ndarray (32, 64) float64>" in repr(est) and len(repr(est)) < 300
+    with pytest.raises(ValueError, match=r"Invalid parameter") as info:
+        est.set_params(not_a_parameter=1)
+    assert "<ndarray (32, 64) float64>" in str(info.value) and len(str(info.value)) < 600
+    bad = cls(A=A.astype(object).reshape(32, 64, 1)[:, :, 0].tolist(), batch_size=-1)
+    with pytest.raises(InvalidParameterError, match="batch_size") as info:
+        bad.fit(np.zeros((4, 32)), np.zeros((4, 64)))
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_invalid_array_parameter_error_does_not_dump_the_array(cls):
+    value = np.random.default_rng(0).standard_normal((32, 64))
+    with pytest.raises(InvalidParameterError, match=r"noise_var.*Got <ndarray \(32, 64\) float64>"
+                       ) as info:
+        cls(noise_var=value).fit(np.zeros((4, 32)), np.zeros((4, 64)))
+    assert len(str(info.value)) < 600

@@ -74,7 +74,8 @@ def test_auto_alpha_reaches_lasso_floor_and_fista_iteration_count(giid):
 
 @pytest.mark.slow
 def test_ista_iterations_to_minus_35_db(giid):
-    """ISTA's row of ALGORITHMS.md (3420 iterations) with a tuned alpha.
+    """ISTA's published iteration count to -35 dB on the giid problem (3420 iterations, Borgerding
+    et al. 2017) with a tuned alpha.
 
     alpha = 0.0036 puts the LASSO floor at about -36.9 dB (measured: ISTA 2715 and FISTA 175
     iterations to -35 dB on 60 test samples); the calibrated alpha="auto" (about 0.0030) gives a
@@ -89,3 +90,44 @@ def test_ista_iterations_to_minus_35_db(giid):
                 first = i + 1
                 break
     assert first is not None and 3420 * 0.7 <= first <= 3420 * 1.3
+
+
+@pytest.mark.parametrize("Est", [ISTARegressor, FISTARegressor])
+def test_fit_does_not_run_the_solver(Est, monkeypatch):
+    import sklearn_unfold.estimators.classical as classical
+
+    calls = []
+    real = classical.ista_iterates
+    monkeypatch.setattr(classical, "ista_iterates",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    Y, X, A = _small_problem()
+    est = Est(A=A, max_iter=50).fit(Y, X)
+    assert calls == [] and est.n_iter_ == 50  # the bound, until a predict runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.predict(Y)
+    assert calls == [1] and 1 <= est.n_iter_ <= 50
+
+
+def test_convergence_warning_points_at_the_callers_line_and_speaks_of_ista():
+    Y, X, A = _small_problem()
+    est = ISTARegressor(A=A, max_iter=3).fit(Y, X)
+    with pytest.warns(ConvergenceWarning, match="ISTARegressor reached max_iter=3") as rec:
+        est.predict(Y)
+    assert rec[0].filename == __file__
+    assert "message passing" not in ISTARegressor._divergence_advice.lower()
+    assert "ISTA" in ISTARegressor._divergence_advice
+
+
+def test_verbose_prints_a_line_per_chunk(capsys):
+    Y, X, A = _small_problem()
+    est = ISTARegressor(A=A, max_iter=20, batch_size=4, verbose=1).fit(Y, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.predict(Y)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"[ISTARegressor] chunk 1/2: 4 sample(s), {20} iteration(s)",
+                   f"[ISTARegressor] chunk 2/2: 2 sample(s), {20} iteration(s)"]
+    est.set_params(verbose=0).predict(Y) if False else None
+    ISTARegressor(A=A, max_iter=20).fit(Y, X)
+    assert capsys.readouterr().err == ""

@@ -81,15 +81,16 @@ def test_fitted_attributes_are_readable(fitted):
     assert lista.thresholds_.shape == (4,) and lista.steps_.shape == (4,)
     assert ldvamp.noise_precision_.shape == (4,) and ldvamp.gamma1_scale_.shape == (4,)
     for est in fitted.values():
-        rec = est.history_[-1]
+        rec = est.stages_[-1]
         assert {"stage", "layer", "steps", "train_loss", "val_nmse_db", "learning_rate"} <= set(rec)
         assert np.isfinite(rec["val_nmse_db"])
+        assert not est.interrupted_
     # layer-wise growth (the default): new layer, one refinement per intermediate depth, two
     # refinements at the final depth
-    stages = [(h["stage"], h["layer"]) for h in lamp.history_]
+    stages = [(h["stage"], h["layer"]) for h in lamp.stages_]
     assert stages == [("layer", 1), ("refine", 1), ("layer", 2), ("refine", 2), ("layer", 3),
                       ("refine", 3), ("layer", 4), ("refine", 4), ("refine", 4)]
-    assert lista.history_[0]["stage"] == "layer"
+    assert lista.stages_[0]["stage"] == "layer"
     # LISTA fitted each layer's step and threshold before training it; the others do not
     assert [c["layer"] for c in lista.calibration_] == [1, 2, 3, 4]
     assert all(c["nmse_db_after"] <= c["nmse_db_before"] for c in lista.calibration_)
@@ -183,11 +184,188 @@ def test_keyboard_interrupt_leaves_a_usable_estimator(small, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_train_step", interrupting)
     est = LAMPRegressor(A=small["A"], n_layers=3, **FAST)
-    with pytest.warns(UserWarning, match="interrupted"):
-        est.fit(small["Y"], small["X"])
-    assert est.history_[-1]["stop"] == "interrupted" and est.n_layers_ == 3
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted"):
+        est.fit(small["Y"], small["X"])  # a lone fit keeps its best checkpoint, then re-raises
+    assert est.interrupted_ and len(calls) == 15  # no step after the interrupt
+    assert est.stages_[-1]["stop"] == "interrupted" and est.n_layers_ == 3
     pred = est.predict(small["Yt"])
     assert np.isfinite(pred).all() and nmse_db(small["Xt"], pred) < -5
+
+
+def test_interrupt_inside_a_grid_search_stops_the_search(small, monkeypatch):
+    """One Ctrl-C ends the search: no half-trained fold is scored, no further fit starts."""
+    real = Trainer._train_step
+    calls = []
+
+    def interrupting(self, *args):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    grid = GridSearchCV(LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, **FAST),
+                        {"tied": [True, False]}, scoring=nmse_scorer, cv=2, n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            grid.fit(small["Y"], small["X"])
+    assert len(calls) == 8 and not hasattr(grid, "cv_results_")
+
+
+def test_interrupt_while_a_refit_is_set_up_keeps_the_previous_fit(small, monkeypatch):
+    """fit is atomic: the validation of the new data has already replaced A_, operator_,
+    n_features_in_, noise_var_ ... when the interrupt comes; they are all put back."""
+    est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, **FAST).fit(small["Y"],
+                                                                              small["X"])
+    before = est.predict(small["Yt"])
+    state = dict(vars(est))
+    Y2, X2, A2 = make_compressed_sensing("giid", 200, n_features=64, n_measurements=16,
+                                         random_state=3)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LAMPRegressor, "_build_module", interrupted)
+    est.set_params(A=A2)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(Y2, X2)
+    assert vars(est).keys() == state.keys()
+    assert all(vars(est)[k] is v for k, v in state.items() if k != "A")
+    assert est.A_ is state["A_"] and est.n_features_in_ == 32
+    np.testing.assert_array_equal(est.predict(small["Yt"]), before)
+    # a bad refit (an error, not an interrupt) leaves it as it was as well
+    with pytest.raises(ValueError, match="A has shape"):
+        est.set_params(A=small["A"]).fit(Y2, X2)
+    np.testing.assert_array_equal(est.predict(small["Yt"]), before)
+
+
+@pytest.mark.parametrize("cls, kw", [(LAMPRegressor, {}), (LISTARegressor, {"alpha": 0.1}),
+                                     (LDVAMPRegressor, {})])
+def test_training_without_progress_warns_at_the_callers_line(small, cls, kw):
+    """learning_rate=1e3: every stage ends on its starting checkpoint; all three networks say
+    so, naming themselves and the rate, at the line that called fit."""
+    est = cls(A=small["A"], n_layers=2, learning_rate=1e3, max_epochs=0.5, **kw, **FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(small["Y"], small["X"])
+    no_progress = [w for w in caught if "made no progress" in str(w.message)]
+    assert len(no_progress) == 1 and no_progress[0].category is ConvergenceWarning
+    message = str(no_progress[0].message)
+    assert message.startswith(f"{cls.__name__}: ") and "(1000)" in message
+    assert "lower learning_rate" in message
+    assert all(w.filename == __file__ for w in caught), [(w.filename, w.message) for w in caught]
+    if cls is LISTARegressor:  # its layers were fitted (calibrated) before training
+        return
+    # the untrained start is what it predicts
+    init = list(islice(est.init_estimator_.staged_predict(small["Yt"]), 2))[-1]
+    assert abs(nmse_db(small["Xt"], est.predict(small["Yt"])) - nmse_db(small["Xt"], init)) < 1.0
+
+
+def test_history_records_every_validation_check(small):
+    est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=1, eval_every=3, **FAST)
+    est.fit(small["Y"], small["X"])
+    hist, stages = est.history_, est.stages_
+    assert {"step", "stage", "stage_index", "layer", "stage_step", "train_loss", "val_nmse_db",
+            "best_val_nmse_db", "learning_rate"} <= set(hist[0])
+    steps = [h["step"] for h in hist]
+    assert steps == sorted(steps) and steps[-1] == sum(s["steps"] for s in stages)
+    for i, stage in enumerate(stages):
+        recs = [h for h in hist if h["stage_index"] == i]
+        assert recs[0]["stage_step"] == 0 and np.isnan(recs[0]["train_loss"])  # the opening
+        assert all(h["stage_step"] % 3 == 0 or h["stage_step"] == stage["steps"] for h in recs)
+        assert (recs[-1]["stage"], recs[-1]["layer"]) == (stage["stage"], stage["layer"])
+        assert recs[-1]["best_val_nmse_db"] == stage["val_nmse_db"]
+        last = stage["steps"] if stage["stop"] == "max_steps" else None
+        assert len(recs) == 1 + sum(k % 3 == 0 or k == last for k in range(1, stage["steps"] + 1))
+    assert len(hist) > 2 * len(stages)
+
+
+def test_optimizer_and_schedule_are_nested_parameters(small):
+    from sklearn_unfold.estimators._learned_base import DEFAULT_OPTIMIZER
+    from sklearn_unfold.training import LRSchedule, Optimizer
+
+    est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, **FAST)
+    assert est.get_params()["optimizer__optimizer_class"] is torch.optim.Adam
+    est.set_params(optimizer__lr=1e-2, lr_schedule__refine_factors=(0.25,),
+                   lr_schedule__growth_factors=())
+    assert DEFAULT_OPTIMIZER.get_params() == {"optimizer_class": torch.optim.Adam}  # a copy
+    assert clone(est).get_params()["optimizer__lr"] == 1e-2
+    est.fit(small["Y"], small["X"])
+    # optimizer__lr replaced learning_rate; the schedule's factors set the refinements
+    assert [(h["stage"], h["layer"], h["learning_rate"]) for h in est.stages_] == pytest.approx(
+        [("layer", 1, 1e-2), ("layer", 2, 1e-2), ("refine", 2, 2.5e-3)])
+    with pytest.raises(ValueError, match=r"no argument\(s\) \['lrr'\]"):
+        est.set_params(optimizer__lrr=1.0)
+    with pytest.raises(ValueError, match="refine_factors must be positive"):
+        LRSchedule(refine_factors=(0.5, -1))
+    # another optimiser, and a scheduler within each stage
+    sgd = LAMPRegressor(A=small["A"], n_layers=1, max_epochs=1, eval_every=3,
+                        optimizer=Optimizer(torch.optim.SGD, lr=1e-2, momentum=0.9),
+                        lr_schedule=LRSchedule(refine_factors=(), growth_factors=(),
+                                               scheduler=torch.optim.lr_scheduler.StepLR,
+                                               step_size=1, gamma=0.5), **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sgd.fit(small["Y"], small["X"])
+    assert sgd.optimizer_state_["optimizer"] == "torch.optim.sgd.SGD"
+    assert all(h["learning_rate"] == pytest.approx(1e-2 * 0.5 ** h["stage_step"])
+               for h in sgd.history_)
+
+
+def test_nested_parameters_in_a_grid_search(small):
+    grid = GridSearchCV(LAMPRegressor(A=small["A"], n_layers=1, max_epochs=0.5, **FAST),
+                        {"optimizer__lr": [1e-3, 1e-2]}, scoring=nmse_scorer, cv=2)
+    grid.fit(small["Y"], small["X"])
+    assert list(grid.cv_results_["param_optimizer__lr"]) == [1e-3, 1e-2]
+    best = grid.best_params_["optimizer__lr"]
+    assert grid.best_estimator_.stages_[0]["learning_rate"] == best
+
+
+def test_callbacks_see_every_check_and_can_stop_training(small):
+    seen = []
+
+    def stop_after_three(trainer, history):
+        seen.append((trainer.estimator, len(history), history[-1]["val_nmse_db"]))
+        return len(history) >= 3
+
+    est = LAMPRegressor(A=small["A"], n_layers=3, callbacks=[stop_after_three], **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a requested stop does not warn
+        est.fit(small["Y"], small["X"])
+    assert [n for _, n, _ in seen] == [1, 2, 3] and all(e is est for e, _, _ in seen)
+    assert len(est.history_) == 3 and est.stages_[-1]["stop"] == "callback"
+    assert len(est.stages_) == 1 and est.n_layers_ == 3  # it stopped in the first stage
+    assert np.isfinite(est.predict(small["Yt"])).all()
+
+
+def test_custom_loss_is_trained_on(small):
+    calls = []
+
+    def scaled_nmse(X_hat, X):
+        calls.append(1)
+        return 1e4 * ((X_hat - X) ** 2).sum() / (X**2).sum()
+
+    est = LAMPRegressor(A=small["A"], n_layers=1, max_epochs=0.5, loss=scaled_nmse, **FAST)
+    est.fit(small["Y"], small["X"])
+    trained = [h["train_loss"] for h in est.history_ if np.isfinite(h["train_loss"])]
+    assert calls and trained and min(trained) > 10  # NMSE in this problem is below 0.1
+    assert est.history_[-1]["val_nmse_db"] < 0  # validation stays the NMSE, in dB
+
+
+def test_warm_start_continues_the_optimiser_state(small):
+    from sklearn_unfold.training import LRSchedule
+
+    est = LAMPRegressor(A=small["A"], n_layers=2, training="end_to_end", max_epochs=0.5,
+                        n_iter_no_change=1000, lr_schedule=LRSchedule(refine_factors=()),
+                        warm_start=True, **FAST).fit(small["Y"], small["X"])
+    state = est.optimizer_state_["state"]
+    assert {"B.0", "B.1", "theta.1"} <= set(state) <= {n for n, _ in est.module_.named_parameters()}
+    assert all(isinstance(v, torch.Tensor) for st in state.values() for v in st.values())
+    assert float(state["B.0"]["step"]) == 5 and est.history_[-1]["step"] == 5
+    est.fit(small["Y"], small["X"])
+    assert float(est.optimizer_state_["state"]["B.0"]["step"]) == 10  # Adam's count went on
+    assert est.history_[-1]["step"] == 10 and [s["stage_index"] for s in est.stages_] == [0, 1]
 
 
 def test_signal_prior_draws_fresh_signals(small):
@@ -201,7 +379,7 @@ def test_signal_prior_draws_fresh_signals(small):
     prior = CountingPrior()
     est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, signal_prior=prior, **FAST)
     est.fit(small["Y"], small["X"])
-    assert CountingPrior.draws == sum(h["steps"] for h in est.history_) > 0
+    assert CountingPrior.draws == sum(h["steps"] for h in est.stages_) > 0
     assert prior.n_features is None  # the user's object is copied, not fitted in place
     assert est.signal_prior_.n_features == 64
     named = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5,
@@ -228,11 +406,11 @@ def test_bad_parameters_are_named(small):
 def test_warm_start_grows_the_network(small):
     est = LAMPRegressor(A=small["A"], n_layers=2, training="layerwise", max_epochs=0.5,
                         warm_start=True, **FAST).fit(small["Y"], small["X"])
-    n_records = len(est.history_)
+    n_records = len(est.stages_)
     trained_B0 = est.module_.B[0].detach().clone()
     est.set_params(n_layers=4).fit(small["Y"], small["X"])
-    assert est.n_layers_ == 4 and len(est.history_) > n_records
-    new = est.history_[n_records:]
+    assert est.n_layers_ == 4 and len(est.stages_) > n_records
+    new = est.stages_[n_records:]
     assert new[0]["stage"] == "layer" and new[0]["layer"] == 3  # growth resumed at layer 3
     assert not torch.equal(est.module_.B[0], torch.as_tensor(small["A"].T, dtype=torch.float32))
     assert est.module_.B[0].shape == trained_B0.shape

@@ -108,6 +108,47 @@ def test_training_history_stages():
     assert disp.layer_nmse_db == {1: -6.0, 2: -11.5}
 
 
+CHECKS = [  # one record per validation check, as history_ holds them
+    {"step": 0, "stage": "layer", "stage_index": 0, "layer": 1, "val_nmse_db": -3.0,
+     "best_val_nmse_db": -3.0},
+    {"step": 10, "stage": "layer", "stage_index": 0, "layer": 1, "val_nmse_db": -5.0,
+     "best_val_nmse_db": -5.0},
+    {"step": 10, "stage": "refine", "stage_index": 1, "layer": 1, "val_nmse_db": -5.0,
+     "best_val_nmse_db": -5.0},
+    {"step": 20, "stage": "refine", "stage_index": 1, "layer": 1, "val_nmse_db": -4.9,
+     "best_val_nmse_db": -5.0},
+    {"step": 20, "stage": "layer", "stage_index": 2, "layer": 2, "val_nmse_db": -6.0,
+     "best_val_nmse_db": -6.0},
+    {"step": 30, "stage": "layer", "stage_index": 2, "layer": 2, "val_nmse_db": -9.0,
+     "best_val_nmse_db": -9.0},
+]
+
+
+def test_training_history_draws_a_learning_curve():
+    disp = TrainingHistoryDisplay.from_history(CHECKS)
+    np.testing.assert_allclose(disp.line_.get_xdata(), [0, 10, 10, 20, 20, 30])
+    np.testing.assert_allclose(disp.line_.get_ydata(), [-3, -5, -5, -4.9, -6, -9])
+    assert disp.ax_.get_xlabel() == "optimiser steps"
+    # a new layer starts where its opening check is, at step 0 and step 20
+    assert [line.get_xdata()[0] for line in disp.layer_lines_] == [0, 20]
+    # each depth ends on its last stage's best checkpoint, not on its last check
+    assert disp.layer_nmse_db == {1: -5.0, 2: -9.0}
+
+
+def test_training_history_of_a_fitted_estimator():
+    from sklearn_unfold import LAMPRegressor
+    from sklearn_unfold.datasets import make_compressed_sensing
+
+    Y, X, A = make_compressed_sensing("giid", 300, n_features=32, n_measurements=16,
+                                      random_state=0)
+    est = LAMPRegressor(A=A, n_layers=2, max_epochs=1, batch_size=50, random_state=0,
+                        device="cpu").fit(Y, X)
+    disp = TrainingHistoryDisplay.from_estimator(est)
+    assert len(disp.line_.get_xdata()) == len(est.history_) > len(est.stages_)
+    np.testing.assert_array_equal(disp.line_.get_xdata(), [h["step"] for h in est.history_])
+    assert disp.layer_nmse_db[2] == est.stages_[-1]["val_nmse_db"]
+
+
 def test_training_history_layers_and_tolerance():
     disp = TrainingHistoryDisplay.from_history(HISTORY, kind="layers")
     np.testing.assert_allclose(disp.line_.get_xdata(), [1, 2])

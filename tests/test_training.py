@@ -13,6 +13,7 @@ from sklearn_unfold.networks import LAMPNetwork, lista_from_ista
 from sklearn_unfold.operators import LinearOperator, as_operator
 from sklearn_unfold.operators.ensembles import GaussianEnsemble
 from sklearn_unfold.training import (
+    Optimizer,
     PairBatches,
     PriorBatches,
     Stage,
@@ -50,16 +51,18 @@ def test_layerwise_schedule_grows_and_improves(problem):
     before = _val_db(net, val)
     tr = Trainer(net, schedule="layerwise", refine_factors=(0.5, 0.1), max_steps=20,
                  learning_rate=3e-3).fit(train, val)
-    stages = [(h["stage"], h["layer"]) for h in tr.history_]
+    stages = [(h["stage"], h["layer"]) for h in tr.stages_]
     assert stages == [("layer", 1), ("refine", 1), ("refine", 1), ("layer", 2), ("refine", 2),
                       ("refine", 2), ("layer", 3), ("refine", 3), ("refine", 3)]
-    assert {"steps", "train_loss", "val_nmse_db", "learning_rate", "stop"} <= set(tr.history_[0])
-    assert [h["learning_rate"] for h in tr.history_[:3]] == pytest.approx([3e-3, 1.5e-3, 3e-4])
+    assert {"steps", "train_loss", "val_nmse_db", "learning_rate", "stop"} <= set(tr.stages_[0])
+    assert [h["learning_rate"] for h in tr.stages_[:3]] == pytest.approx([3e-3, 1.5e-3, 3e-4])
+    assert [h["stage_index"] for h in tr.stages_] == list(range(9))
     after = _val_db(net, val)
     assert after < before - 1.0
     # the network ends with every layer active, trainable, and on its best checkpoint
     assert net.n_active == 3 and all(p.requires_grad for p in net.parameters())
-    assert after == pytest.approx(tr.history_[-1]["val_nmse_db"], abs=1e-3)
+    assert after == pytest.approx(tr.stages_[-1]["val_nmse_db"], abs=1e-3)
+    assert after == pytest.approx(tr.history_[-1]["best_val_nmse_db"], abs=1e-3)
 
 
 def test_end_to_end_schedule_and_growth_factors(problem):
@@ -79,8 +82,7 @@ def test_layer_stage_trains_only_the_new_layer(problem):
     tr = Trainer(net, max_steps=10, refine_factors=())
     tr.module.n_active = 2
     stage = Stage("layer", 1, net.layer_parameters(1), 1e-2, 10)
-    tr.batches, tr.validation, tr.history_ = train, val, []
-    tr._bar = __import__("tqdm").tqdm(disable=True)
+    tr._setup(train, val)
     tr._fit_stage(stage)
     for p, q in zip(net.layer_parameters(0), first, strict=True):
         assert torch.equal(p, q)
@@ -106,7 +108,10 @@ def test_early_stopping_ends_a_stage(problem):
     A, train, val = problem
     tr = Trainer(_net(A), schedule="end_to_end", refine_factors=(), max_steps=1000,
                  eval_every=5, n_iter_no_change=2, tol=100.0).fit(train, val)
-    assert tr.history_[0]["steps"] == 10 and tr.history_[0]["stop"] == "no_change"
+    assert tr.stages_[0]["steps"] == 10 and tr.stages_[0]["stop"] == "no_change"
+    # every check is a record: the opening one (step 0) and one every eval_every=5 steps
+    assert [h["step"] for h in tr.history_] == [0, 5, 10]
+    assert [h["stage_step"] for h in tr.history_] == [0, 5, 10]
 
 
 class _NaNTrainer(Trainer):
@@ -131,7 +136,7 @@ def test_non_finite_loss_rolls_back_and_lowers_the_rate(problem):
         tr = _NaNTrainer(net, schedule="end_to_end", refine_factors=(), max_steps=20,
                          learning_rate=1e-3).fit(train, val)
     assert tr.n_faults_ == 2 and not tr.gave_up_
-    assert tr.history_[0]["learning_rate"] == pytest.approx(1e-5)
+    assert tr.stages_[0]["learning_rate"] == pytest.approx(1e-5)
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
@@ -143,8 +148,8 @@ def test_unrecoverable_training_ends_on_the_best_finite_model(problem):
     trainer.n_bad = 10**9
     with pytest.warns(ConvergenceWarning, match="did not recover"):
         trainer.fit(train, val)
-    assert trainer.gave_up_ and trainer.history_[-1]["stop"] == "fault"
-    assert len(trainer.history_) == 1  # training stopped at the first failing stage
+    assert trainer.gave_up_ and trainer.stages_[-1]["stop"] == "fault"
+    assert len(trainer.stages_) == 1  # training stopped at the first failing stage
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert _val_db(net, val) == pytest.approx(start, abs=1e-4)
 
@@ -160,12 +165,13 @@ class _InterruptTrainer(Trainer):
 def test_keyboard_interrupt_keeps_the_best_weights(problem):
     A, train, val = problem
     net = _net(A, 3)
-    with pytest.warns(UserWarning, match="interrupted"):
-        tr = _InterruptTrainer(net, max_steps=20, learning_rate=3e-3).fit(train, val)
-    assert tr.interrupted_ and tr.history_[-1]["stop"] == "interrupted"
+    tr = _InterruptTrainer(net, max_steps=20, learning_rate=3e-3)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted"):
+        tr.fit(train, val)  # the interrupt reaches the caller, after the clean-up
+    assert tr.interrupted_ and tr.stages_[-1]["stop"] == "interrupted"
     assert net.n_active == 3 and len(net(val[0], val[2])) == 3
     # the interrupted stage (a refinement at depth 1) ended on its best checkpoint
-    last = tr.history_[-1]
+    last = tr.stages_[-1]
     assert last["layer"] == 1 and last["steps"] == 4
     net.n_active = 1
     assert _val_db(net, val) == pytest.approx(last["val_nmse_db"], abs=1e-3)
@@ -314,7 +320,7 @@ def test_training_over_an_ensemble_improves_on_fresh_operators(kind):
     tr = Trainer(net, schedule="end_to_end", refine_factors=(0.1,), max_steps=60,
                  eval_every=10, learning_rate=3e-2, calibration_samples=256).fit(train, val)
     after_val, after_test = _val_db(net, val), _val_db(net, test)
-    assert after_val == pytest.approx(tr.history_[-1]["val_nmse_db"], abs=1e-3)
+    assert after_val == pytest.approx(tr.stages_[-1]["val_nmse_db"], abs=1e-3)
     assert after_val < before_val - 1.0, (before_val, after_val)
     assert after_test < before_test - 1.0, (before_test, after_test)
 
@@ -326,7 +332,41 @@ def test_verbose_shows_stage_layer_and_nmse(problem, capsys):
         Trainer(_net(A, 2), schedule="end_to_end", refine_factors=(), max_steps=10,
                 verbose=1).fit(train, val)
     err = capsys.readouterr().err
-    assert "end_to_end layer 2/2" in err and "dB" in err
+    # stderr is not a terminal here: one plain line per stage, no bar, no cursor codes
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Trainer: stage 1/1, layer 2/2 (end to end): ")
+    assert "dB" in lines[0] and "layer layer" not in err
+
+
+def test_verbose_progress_on_a_pipe_is_one_line_per_stage(problem, capsys):
+    A, train, val = problem
+    tr = Trainer(_net(A, 2), refine_factors=(0.5,), max_steps=10, verbose=1).fit(train, val)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert len(lines) == len(tr.stages_) == 4
+    assert [line.split(": ", 1)[1].split(":")[0] for line in lines] == [
+        "stage 1/4, layer 1/2 (new)", "stage 2/4, layer 1/2 (refine)",
+        "stage 3/4, layer 2/2 (new)", "stage 4/4, layer 2/2 (refine)"]
+    for line, rec in zip(lines, tr.stages_, strict=True):
+        assert f"{rec['val_nmse_db']:.2f} dB" in line and f"stopped: {rec['stop']}" in line
+
+
+def test_verbose_progress_on_a_terminal_is_a_bar(problem, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    A, train, val = problem
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    Trainer(_net(A, 2), refine_factors=(0.5,), max_steps=10, verbose=1).fit(train, val)
+    out = stream.getvalue()
+    assert "\r" in out and "layer 2/2 (refine)" in out and "layer layer" not in out
 
 
 def _lista(A, n_layers=3):
@@ -354,3 +394,61 @@ def test_calibration_can_be_switched_off_and_is_a_no_op_for_lamp(problem):
                  calibrate=False).fit(train, val)
     assert tr.calibration_ == [] and float(net.thresholds[0].detach()) == pytest.approx(float(start))
     assert Trainer(_net(A), refine_factors=(), max_steps=2).fit(train, val).calibration_ == []
+
+
+def test_custom_loss_goes_through_the_curriculum(problem):
+    A, train, _ = problem
+    nmse = lambda Xh, X: ((Xh - X) ** 2).sum() / (X * X).sum()  # noqa: E731
+    default, custom = Trainer(_net(A)), Trainer(_net(A), loss=nmse)
+    Y, X, op = train()
+    with torch.no_grad():
+        outs = default.module(Y, op)
+    for w in (0.0, 0.5, 1.0):
+        stage = Stage("refine", 2, [], 1e-3, 1, final_weight=w)
+        assert float(custom._loss(outs, X, stage)) == pytest.approx(
+            float(default._loss(outs, X, stage)), rel=1e-5)
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        Trainer(_net(A), loss="mae")
+
+
+def test_optimizer_state_is_resumed_by_parameter_name(problem):
+    A, train, val = problem
+    kw = dict(schedule="end_to_end", refine_factors=(), max_steps=10, eval_every=5,
+              n_iter_no_change=100, tol=-math.inf)
+    net = _net(A, 2)
+    first = Trainer(net, **kw).fit(train, val)
+    state = first.optimizer_state_
+    assert state["optimizer"] == "torch.optim.adam.Adam"
+    assert float(state["state"]["B.0"]["step"]) == 10
+    assert state["state"]["B.0"]["exp_avg"].shape == net.B[0].shape
+    again = Trainer(net, **kw).fit(train, val, history=list(first.history_),
+                                   stages=list(first.stages_), optimizer_state=state)
+    assert float(again.optimizer_state_["state"]["B.0"]["step"]) == 20
+    assert float(state["state"]["B.0"]["step"]) == 10  # the given state was not changed
+    assert [h["step"] for h in again.history_] == [0, 5, 10, 10, 15, 20]
+    assert [s["stage_index"] for s in again.stages_] == [0, 1]
+    # another optimiser class starts afresh
+    sgd = Trainer(net, optimizer=Optimizer(torch.optim.SGD, momentum=0.9), **kw)
+    sgd.fit(train, val, optimizer_state=state)
+    assert sgd.optimizer_state_["optimizer"] == "torch.optim.sgd.SGD"
+    assert set(sgd.optimizer_state_["state"]["B.0"]) == {"momentum_buffer"}
+
+
+def test_callbacks_can_stop_a_trainer_and_a_plateau_scheduler_lowers_the_rate(problem):
+    A, train, val = problem
+    calls = []
+
+    def stop_at_third(trainer, history):
+        calls.append(trainer)
+        return len(history) == 3
+
+    plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(  # noqa: E731
+        opt, factor=0.5, patience=0, threshold=100.0, threshold_mode="abs")
+    tr = Trainer(_net(A, 2), schedule="end_to_end", refine_factors=(0.5,), max_steps=50,
+                 eval_every=5, n_iter_no_change=100, callbacks=[stop_at_third],
+                 lr_scheduler=plateau, learning_rate=1e-3)
+    tr.fit(train, val)
+    assert len(calls) == 3 and calls[0] is tr and tr.stopped_by_callback_
+    assert [s["stop"] for s in tr.stages_] == ["callback"]  # the refinement never ran
+    # the check at step 10 does not beat the one at step 5 by the huge threshold: the rate halves
+    assert [h["learning_rate"] for h in tr.history_] == pytest.approx([1e-3, 1e-3, 5e-4])

@@ -20,7 +20,8 @@ def test_vamp_bg_giid_reaches_minus_45_within_10_iterations(giid):
     est = VAMPRegressor(A=giid["A"], max_iter=10, tol=0).fit(giid["Y"], giid["X"])
     curve = _curve(est, giid)
     assert curve[-1] <= -45.0
-    # the per-iteration reference of ALGORITHMS.md (independent implementation), within 1.5 dB
+    # per-iteration reference of an independent VAMP implementation (Rangan, Schniter and
+    # Fletcher 2019, the giid problem of Borgerding et al. 2017), within 1.5 dB
     ref = [-6.6, -12.3, -18.6, -25.5, -32.6, -39.1, -43.3, -45.0, -45.5]
     assert np.max(np.abs(curve[:9] - ref)) <= 1.5
 
@@ -76,3 +77,56 @@ def test_first_iteration_matches_published_matched_vamp(giid):
     # Borgerding's matched VAMP-bg: -6.75 dB after one iteration (-6.6 with a constant start)
     est = VAMPRegressor(A=giid["A"], max_iter=1, tol=0).fit(giid["Y"], giid["X"])
     assert _curve(est, giid)[0] == pytest.approx(-6.75, abs=0.15)
+
+
+@pytest.mark.parametrize("noise_var", [1e-20, 1e-300])
+def test_tiny_noise_var_on_noiseless_data_stays_finite_and_accurate(noise_var):
+    from sklearn_unfold.datasets import make_compressed_sensing
+
+    Y, X, A = make_compressed_sensing("noiseless", 150, n_features=200, n_measurements=80,
+                                      random_state=0)
+    est = VAMPRegressor(A=A, noise_var=noise_var, max_iter=30).fit(Y[:100], X[:100])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        first, second = est.predict(Y[100:]), est.predict(Y[100:])
+    np.testing.assert_array_equal(first, second)  # deterministic (one thread count)
+    assert nmse_db(X[100:], first) < -40.0  # no blow-up (it was +52 dB before the bounds)
+
+
+def test_tiny_noise_var_matches_the_small_one_on_the_reference_problem(giid):
+    """Noiseless giid (N = 500, M = 250): noise_var 1e-20 and 1e-300 reach what 1e-14 reaches
+    (about -130 dB), with one thread or two (1e-20 gave +52.7 dB, and 1e-300 an answer that
+    depended on the thread count, before the precisions were bounded relative to the data)."""
+    A, X, Xt = giid["A"], giid["X"], giid["Xt"]
+    Y0, Yt0 = X @ A.T, Xt[:100] @ A.T
+    out, threads = {}, torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for nv in (1e-14, 1e-20, 1e-300):
+                est = VAMPRegressor(A=A, noise_var=nv).fit(Y0, X)
+                out[n_threads, nv] = nmse_db(Xt[:100], est.predict(Yt0))
+    finally:
+        torch.set_num_threads(threads)
+    assert out[1, 1e-14] < -100.0
+    for key, db in out.items():
+        assert abs(db - out[1, 1e-14]) < 1.0, (key, db)
+
+
+def test_lmmse_stage_does_not_overflow_with_a_huge_noise_precision():
+    from sklearn_unfold.denoisers import bg, bg_theta
+    from sklearn_unfold.steps import vamp_precision_bounds, vamp_step
+
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(rng.standard_normal((20, 40)) / np.sqrt(20))
+    op = as_operator(A)
+    Y = torch.as_tensor(rng.standard_normal((3, 20)))
+    gamma0 = torch.full((3, 1), 10.0, dtype=torch.float64)
+    theta = torch.as_tensor(bg_theta(0.1, 1.0))
+    outs = [vamp_step(torch.zeros(3, 40, dtype=torch.float64), gamma0, op.lmmse_context(Y), op,
+                      gw, bg, theta, precision_bounds=vamp_precision_bounds(gamma0))
+            for gw in (1e20, 1e300)]
+    for x1, r2, gamma2, _ in outs:
+        assert torch.isfinite(x1).all() and torch.isfinite(r2).all()
+        assert bool(((gamma2 >= 1e-11) & (gamma2 <= 10 * 4 / np.finfo(float).eps ** 2)).all())
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-12)

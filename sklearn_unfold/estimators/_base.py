@@ -25,76 +25,37 @@ operator).
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import r2_score
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ..datasets import BernoulliGaussianPrior
 from ..operators import LinearOperator, as_operator
 from ..operators.ensembles import OperatorEnsemble
-
-_RIDGE = 1e-8
-
-
-def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int | None = None
-                         ) -> np.ndarray:
-    """Validate a user-given sensing matrix and return it as a float64 array.
-
-    Raises a ``ValueError`` that names ``A`` and the shapes seen when it is not 2-D, holds NaN or
-    inf, has an all-zero column, or does not match the data's widths.
-    """
-    if isinstance(A, torch.Tensor):
-        A = A.detach().cpu().numpy()
-    if np.iscomplexobj(A):
-        raise ValueError(f"A is complex ({np.asarray(A).dtype}): Complex data not supported; "
-                         "complex-valued operators are not supported yet.")
-    if not sp.issparse(A) and np.ndim(A) == 3:
-        raise ValueError(
-            f"A has shape {np.shape(A)}: a batch of per-sample operators. The constructor's A is "
-            "one operator for every sample; pass per-sample operators to fit/predict as "
-            "operator=..., or an operator ensemble as A.")
-    if not sp.issparse(A) and np.ndim(A) != 2:
-        raise ValueError(f"A must be a 2-D array of shape (n_measurements, n_features); got "
-                         f"{np.ndim(A)}-D input of shape {np.shape(A)}.")
-    A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1,
-                    ensure_all_finite=False)
-    _check_finite("A", A)
-    if n_measurements is not None and A.shape[0] != n_measurements:
-        raise ValueError(
-            f"Y has {n_measurements} columns (measurements) but A has shape {A.shape}: "
-            f"A must have {n_measurements} rows."
-        )
-    if n_features is not None and A.shape[1] != n_features:
-        raise ValueError(
-            f"X has {n_features} columns (signal entries) but A has shape {A.shape}: "
-            f"A must have {n_features} columns."
-        )
-    zero_cols = np.flatnonzero(~np.any(A != 0, axis=0))
-    if zero_cols.size:
-        raise ValueError(
-            f"A has {zero_cols.size} all-zero column(s) (first: {zero_cols[:5].tolist()}); "
-            "those signal entries are unobservable."
-        )
-    return A
-
-
-def estimate_sensing_matrix(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
-    r"""Ridge least-squares estimate of ``A`` from pairs: ``Aᵀ = (XᵀX + λI)⁻¹ XᵀY``.
-
-    ``λ`` is ``1e-8`` times the mean diagonal of ``XᵀX``, enough to keep the solve well posed
-    when a signal entry is never active in the training set.
-    """
-    gram = X.T @ X
-    lam = _RIDGE * max(float(np.trace(gram)) / max(gram.shape[0], 1), 1e-300)
-    gram[np.diag_indices_from(gram)] += lam
-    return np.linalg.solve(gram, X.T @ Y).T
-
+from ._validation import (
+    _F64,
+    _check_finite,
+    _check_input_form,
+    _check_operator_shape,
+    _check_scale,
+    _is_dense_matrix,
+    _is_large,
+    _max_abs,
+    _reraise_if_swapped,
+    _Summary,
+    _summary,
+    _warn_scale_mismatch,
+    check_operator,
+    check_sample_operators,
+    check_sensing_matrix,
+    estimate_sensing_matrix,
+)
 
 #: The ``A`` parameter of every estimator's docstring (its ``%A%`` placeholder).
 A_PARAM_DOC = """A : array-like, sparse matrix, LinearOperator, operator ensemble or None, default=None
@@ -130,6 +91,31 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
     }
 
+    # ---------------------------------------------------------------- repr and parameters
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        """scikit-learn's ``repr``, with array parameters (``A``) shown as a one-line summary."""
+        params = self.get_params(deep=False)
+        large = {k: v for k, v in params.items() if _is_large(v)}
+        if not large:
+            return super().__repr__(N_CHAR_MAX)
+        shown = copy.copy(self)
+        for key, value in large.items():
+            setattr(shown, key, _Summary(value))
+        return BaseEstimator.__repr__(shown, N_CHAR_MAX)
+
+    def _validate_params(self) -> None:
+        """scikit-learn's parameter validation, without printing a whole array in the error."""
+        try:
+            super()._validate_params()
+        except InvalidParameterError as exc:
+            message = str(exc)
+            for value in self.get_params(deep=False).values():
+                if _is_large(value):
+                    message = message.replace(repr(value), _summary(value))
+            if message == str(exc):
+                raise
+            raise InvalidParameterError(message) from None
+
     # ---------------------------------------------------------------- tags
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -164,7 +150,13 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         self._target_1d = X.ndim == 1
         X2 = X.reshape(-1, 1) if X.ndim == 1 else X
         n, M, N = Y.shape[0], Y.shape[1], X2.shape[1]
-        fit_op = check_sample_operators(operator, n, M, N)
+        _check_scale("Y", Y)
+        _check_scale("X", X2)
+        try:
+            fit_op = check_sample_operators(operator, n, M, N)
+        except ValueError as exc:
+            _reraise_if_swapped(exc, getattr(operator, "shape", np.shape(operator)), M, N)
+            raise
         if fit_op is not None and self.A is not None and not isinstance(self.A, OperatorEnsemble):
             raise ValueError(
                 "fit got per-sample operators (operator=...) and a fixed A as well; pass one or "
@@ -179,16 +171,27 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             self.A_ = estimate_sensing_matrix(Y, X2)
             self.operator_ = as_operator(self.A_)
         elif _is_dense_matrix(self.A):
-            self.A_ = check_sensing_matrix(self.A, M, N)
+            try:
+                self.A_ = check_sensing_matrix(self.A, M, N)
+            except ValueError as exc:
+                _reraise_if_swapped(exc, np.shape(self.A), M, N)
+                raise
             self.operator_ = as_operator(self.A_)
         else:
-            self.operator_ = check_operator(self.A, M, N)
+            try:
+                self.operator_ = check_operator(self.A, M, N)
+            except ValueError as exc:
+                _reraise_if_swapped(exc, getattr(self.A, "shape", ()), M, N)
+                raise
             self.A_ = self.A if isinstance(self.A, LinearOperator) else self.operator_
         fit_op = fit_op if fit_op is not None else self.operator_
         self._n_signal = N
-        prior = BernoulliGaussianPrior().fit(X2)
+        # The prior is fitted to X divided by its largest magnitude, then scaled back: no
+        # absolute floor of the fit (1e-12 on the variance) can bite, whatever X's units.
+        x_scale = _max_abs(X2) or 1.0
+        prior = BernoulliGaussianPrior().fit(X2 / x_scale)
         self.sparsity_ = prior.sparsity
-        self.signal_var_ = prior.var
+        self.signal_var_ = prior.var * x_scale * x_scale
         if self.noise_var == "auto":
             if fit_op is None:
                 raise ValueError(
@@ -197,7 +200,8 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                     "were measured with (fit(Y, X, operator=...)) or set noise_var.")
             X_t = torch.from_numpy(np.require(X2, requirements=["C", "W"]))
             resid = Y - fit_op.forward(X_t).numpy()
-            floor = 1e-10 * max(float(np.mean(Y**2)), 1e-300)
+            # a floor relative to the measurements' power (noiseless pairs estimate ~0)
+            floor = max(1e-10 * float(np.mean(Y**2)), float(_F64.tiny))
             self.noise_var_ = max(float(np.mean(resid**2)), floor)
         else:
             self.noise_var_ = float(self.noise_var)
@@ -214,6 +218,8 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         _check_input_form(self, Y=Y)
         Y = validate_data(self, Y, reset=False, dtype=np.float64, ensure_all_finite=False)
         _check_finite("Y", Y)
+        _check_scale("Y", Y)
+        _warn_scale_mismatch(Y, self._typical_rms())
         op = check_sample_operators(operator, Y.shape[0], Y.shape[1], self._n_signal_features())
         if op is None:
             op = self.operator_
@@ -236,6 +242,67 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             sl = slice(start, start + step)
             yield Y[sl], op.take(sl)
 
+    def _data_scale(self) -> float | None:
+        """The fitted ``data_scale_`` of an estimator that computes in normalised units, or None.
+
+        When it is set, ``predict``, ``staged_predict`` and ``score`` feed ``Y / data_scale_`` to
+        the solver or network and multiply every output by ``data_scale_``.
+        """
+        scale = getattr(self, "data_scale_", None)
+        return None if scale is None else float(scale)
+
+    def _write_block(self, out: np.ndarray, start: int, x, Y: np.ndarray, scale: float | None
+                     ) -> int:
+        """Write one chunk's estimate ``x`` into ``out[start:]`` (scaled back), checking it is finite.
+
+        Returns the number of rows written.
+        """
+        dtype = str(x.dtype).replace("torch.", "")
+        block = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        dest = out[start:start + block.shape[0]]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if scale is None:
+                dest[...] = block  # one pass, casting to float64
+            else:
+                dest[...] = block  # to float64 first: a float32 product could underflow
+                dest *= scale
+        total = float(np.sum(dest))  # one reduction: finite iff every entry is
+        if not np.isfinite(total) and not np.isfinite(dest).all():
+            n_bad = int((~np.isfinite(dest).reshape(dest.shape[0], -1).all(axis=1)).sum())
+            seen = f"the largest |Y| seen is {_max_abs(Y):.3g}"
+            train = self._typical_rms()
+            if scale is not None:
+                seen += f", {_max_abs(Y) / scale:.3g} times the training data's scale " \
+                        f"data_scale_ = {scale:.3g}"
+            elif train:
+                seen += f"; the training data's measurements have a root-mean-square of about " \
+                        f"{train:.3g}"
+            raise ValueError(
+                f"{type(self).__name__} recovered non-finite values for {n_bad} sample(s): the "
+                f"measurements overflowed the computation's dtype ({dtype}; {seen}). Pass "
+                "measurements in the units of the training data, or refit on data of this "
+                "scale.")
+        return block.shape[0]
+
+    def _typical_rms(self) -> float | None:
+        """The root-mean-square the measurements have in the units the estimator computes in.
+
+        ``1`` for an estimator with ``data_scale_`` (it computes on ``Y / data_scale_``);
+        otherwise ``√(p v ‖A‖²_F / M + σw²)`` from the fitted prior and noise (no stored copy of
+        the training data); ``None`` without one fixed operator.
+        """
+        scale = self._data_scale()
+        if scale is not None:
+            return scale
+        op = getattr(self, "operator_", None)
+        if op is None or not hasattr(self, "signal_var_"):
+            return None
+        power = self.sparsity_ * self.signal_var_ * float(op.frobenius_sq()) / op.n_measurements
+        return float(np.sqrt(power + self.noise_var_))
+
+    def _report_chunk(self, index: int, n_chunks: int, n_samples: int, steps: int) -> None:
+        """Hook: a progress line after each chunk (the classical estimators' ``verbose``)."""
+
     def predict(self, X, operator=None) -> np.ndarray:
         """Recover the signals from measurements.
 
@@ -252,20 +319,28 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         -------
         X_hat : ndarray of shape (n_samples, n_features), float64
             (``(n_samples,)`` when the training targets were 1-D).
+
+        Raises
+        ------
+        ValueError
+            When the recovery is not finite (measurements so large or small that the
+            computation's dtype overflowed): never returns NaN or inf silently.
         """
         Y, op = self._validate_predict_data(X, operator)
+        scale = self._data_scale()
         out, start, n_iter = None, 0, 0
         iterate = self._chunk_iterator()
-        for chunk, chunk_op in self._chunks(Y, op):
+        n_chunks = -(-Y.shape[0] // int(self.batch_size))
+        for index, (chunk, chunk_op) in enumerate(self._chunks(Y, op)):
             last, steps = None, 0
-            for steps, x in enumerate(iterate(chunk, chunk_op), start=1):  # noqa: B007 (the last value is used after the loop)
+            for steps, x in enumerate(iterate(chunk if scale is None else chunk / scale,  # noqa: B007 (the last value is used after the loop)
+                                              chunk_op), start=1):
                 last = x
-            block = last.detach().cpu().numpy() if isinstance(last, torch.Tensor) else last
             if out is None:  # preallocate, so the output is never held twice (bounded memory)
-                out = np.empty((Y.shape[0],) + block.shape[1:], dtype=np.float64)
-            out[start:start + block.shape[0]] = block  # one pass, casting to float64
-            start += block.shape[0]
+                out = np.empty((Y.shape[0],) + tuple(last.shape[1:]), dtype=np.float64)
+            start += self._write_block(out, start, last, Y, scale)
             n_iter = max(n_iter, steps)
+            self._report_chunk(index, n_chunks, chunk.shape[0], steps)
         self._set_n_iter(n_iter)
         return out.ravel() if self._target_1d else out
 
@@ -274,6 +349,12 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
 
         The last value yielded equals :meth:`predict` ``(Y)``. Plots of NMSE against
         iterations or depth are one call: ``[nmse_db(X, Xt) for Xt in est.staged_predict(Y)]``.
+
+        The samples are processed in chunks of ``batch_size``, like :meth:`predict`: every
+        stage advances each chunk's solver by one iteration (the solvers resume where they
+        stopped) and yields the concatenation, so beyond the yielded estimate only the
+        chunks' solver states and one chunk's working memory are held, not every stage of
+        every chunk. A chunk whose samples have all stopped keeps its last estimate.
 
         Parameters
         ----------
@@ -287,8 +368,31 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         X_hat : ndarray of shape (n_samples, n_features)
         """
         Y, op = self._validate_predict_data(X, operator)
-        for x in self._chunk_iterator()(Y, op):
-            yield self._format_output(x)
+        scale = self._data_scale()
+        iterate = self._chunk_iterator()
+        gens, lasts, steps = [], [], []
+        for chunk, chunk_op in self._chunks(Y, op):
+            gens.append(iterate(chunk if scale is None else chunk / scale, chunk_op))
+            lasts.append(None)
+            steps.append(0)
+        while True:
+            advanced = False
+            for i, gen in enumerate(gens):
+                if gen is None:
+                    continue
+                x = next(gen, None)
+                if x is None:
+                    gens[i] = None
+                    self._report_chunk(i, len(gens), lasts[i].shape[0], steps[i])
+                else:
+                    lasts[i], steps[i], advanced = x, steps[i] + 1, True
+            if not advanced:
+                return
+            out = np.empty((Y.shape[0],) + tuple(lasts[0].shape[1:]), dtype=np.float64)
+            start = 0
+            for x in lasts:
+                start += self._write_block(out, start, x, Y, scale)
+            yield out.ravel() if self._target_1d else out
 
     def score(self, X, y, sample_weight=None, operator=None) -> float:
         """The coefficient of determination ``R²`` of ``predict(X)`` against the signals ``y``.
@@ -316,158 +420,3 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
 
     def _set_n_iter(self, n_iter: int) -> None:
         """Hook: classical solvers record ``n_iter_``; learned networks have a fixed depth."""
-
-
-def _is_dense_matrix(A) -> bool:
-    if isinstance(A, (LinearOperator, OperatorEnsemble)) or sp.issparse(A):
-        return False
-    if isinstance(A, torch.Tensor):
-        return True
-    return (hasattr(A, "__array__") and not hasattr(A, "matvec")) or isinstance(A, (list, tuple))
-
-
-def _check_operator_shape(name: str, shape, M: int, N: int) -> None:
-    if tuple(shape[-2:]) != (M, N):
-        raise ValueError(
-            f"{name} has shape {tuple(shape)} but the data have {M} measurement(s) per sample "
-            f"(columns of Y) and {N} signal entries (columns of X): {name} must map R^{N} to "
-            f"R^{M}, i.e. have shape ({M}, {N}) per sample.")
-
-
-def check_operator(A, n_measurements: int, n_features: int, name: str = "A") -> LinearOperator:
-    """Validate a user-given shared operator (sparse, scipy or package operator) as float64."""
-    op = as_operator(A, dtype=torch.float64, name=name)
-    if op.per_sample:
-        raise ValueError(
-            f"{name} has shape {op.shape}: a batch of per-sample operators. The constructor's A "
-            "is one operator for every sample; pass per-sample operators to fit/predict as "
-            "operator=..., or an operator ensemble as A.")
-    if op.is_complex:
-        raise ValueError(f"{name} is complex ({op.dtype}): Complex data not supported; the "
-                         "estimators recover real signals from real measurements (wrap a complex "
-                         "operator in sklearn_unfold.operators.RealView).")
-    _check_operator_shape(name, op.shape, n_measurements, n_features)
-    return op
-
-
-def check_sample_operators(operator, n_samples: int, n_measurements: int, n_features: int
-                           ) -> LinearOperator | None:
-    """Validate per-sample operators given as metadata: one per sample, of the data's shape.
-
-    Accepts an ``(n, M, N)`` array or tensor, or a :class:`LinearOperator` (per-sample, or
-    shared: then it serves every sample). Returns a float64 operator, or ``None``.
-    """
-    if operator is None:
-        return None
-    if isinstance(operator, OperatorEnsemble):
-        raise TypeError("operator must hold the operators of the samples (an (n, M, N) array or "
-                        "a per-sample LinearOperator), not an ensemble; draw them with "
-                        "ensemble.sample(n, random_state).")
-    if not isinstance(operator, LinearOperator) and not sp.issparse(operator) and not hasattr(
-            operator, "matvec"):
-        arr = operator.detach().cpu().numpy() if isinstance(operator, torch.Tensor) else \
-            np.asarray(operator)
-        if arr.ndim != 3:
-            raise ValueError(
-                f"operator must hold one matrix per sample, shape (n_samples, n_measurements, "
-                f"n_features) = ({n_samples}, {n_measurements}, {n_features}); got "
-                f"{arr.ndim}-D input of shape {arr.shape}.")
-        if np.iscomplexobj(arr):
-            raise ValueError(f"operator is complex ({arr.dtype}): Complex data not supported.")
-        arr = np.asarray(arr, dtype=np.float64)
-        _check_finite("operator", arr)
-        operator = arr
-    op = as_operator(operator, dtype=torch.float64, name="operator")
-    if op.is_complex:
-        raise ValueError(f"operator is complex ({op.dtype}): Complex data not supported; wrap it "
-                         "in sklearn_unfold.operators.RealView.")
-    _check_operator_shape("operator", op.shape, n_measurements, n_features)
-    op.check_batch(n_samples)
-    return op
-
-
-def _reject_complex(**arrays) -> None:
-    for name, arr in arrays.items():
-        dtype = getattr(arr, "dtype", None)
-        if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.complexfloating):
-            raise ValueError(
-                f"{name} is complex ({dtype}): Complex data not supported; "
-                "complex-valued signals and measurements are not supported yet."
-            )
-
-
-def _shape(arr) -> tuple[int, ...]:
-    """Shape of an array-like without converting arrays and frames (lists are converted)."""
-    shape = getattr(arr, "shape", None)
-    return tuple(shape) if shape is not None else np.asarray(arr).shape
-
-
-def _check_input_form(est, Y, X=None) -> None:
-    """Reject sparse, complex, wrongly shaped or empty ``Y`` / ``X`` with messages naming them.
-
-    scikit-learn's own validation calls the measurements "X" and the signals "y"; these checks
-    run first so that the messages use this package's names. Where a scikit-learn estimator
-    check matches a phrase ("Reshape your data", "0 feature(s) (shape=...) while a minimum of",
-    "X has k features, but ... is expecting m features as input"), the message keeps it.
-    """
-    arrays = {"Y": Y} if X is None else {"Y": Y, "X": X}
-    for name, arr in arrays.items():
-        if sp.issparse(arr):
-            raise TypeError(
-                f"{name} is a scipy sparse {arr.format} matrix of shape {arr.shape}: sparse input "
-                f"is not supported; pass a dense array ({name}.toarray())."
-            )
-    _reject_complex(**arrays)
-    cls = type(est).__name__
-    shape_y = _shape(Y)
-    if len(shape_y) != 2:
-        raise ValueError(
-            f"Y must be 2-D, of shape (n_samples, n_measurements); got {len(shape_y)}-D input of "
-            f"shape {shape_y}. Reshape your data: Y.reshape(1, -1) for a single sample."
-        )
-    if shape_y[0] == 0:
-        raise ValueError(
-            f"Y has 0 sample(s) (shape={shape_y}) while a minimum of 1 is required by {cls}."
-        )
-    if shape_y[1] == 0:
-        raise ValueError(
-            f"Y has 0 feature(s) (shape={shape_y}) while a minimum of 1 is required."
-        )
-    if X is not None:
-        shape_x = _shape(X)
-        if len(shape_x) not in (1, 2):
-            raise ValueError(
-                f"X must be 2-D, of shape (n_samples, n_features), or 1-D; got "
-                f"{len(shape_x)}-D input of shape {shape_x}."
-            )
-        if shape_x[0] != shape_y[0]:
-            raise ValueError(
-                f"Y has {shape_y[0]} samples (shape {shape_y}) but X has {shape_x[0]} "
-                f"(shape {shape_x}); fit needs one signal row of X per measurement row of Y."
-            )
-    elif hasattr(est, "n_features_in_") and shape_y[1] != est.n_features_in_:
-        raise ValueError(
-            f"Y has shape {shape_y}: {shape_y[1]} measurement columns, but {cls} was fitted with "
-            f"{est.n_features_in_} (in scikit-learn's naming: X has {shape_y[1]} features, but "
-            f"{cls} is expecting {est.n_features_in_} features as input)."
-        )
-
-
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    """Raise a ``ValueError`` naming ``name`` and counting its NaN / inf entries.
-
-    The common, all-finite case costs one reduction (no temporary of the input's size).
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = arr.sum()
-    if np.isfinite(total):
-        return
-    bad = ~np.isfinite(arr)
-    if not bad.any():  # the sum overflowed, the entries are finite
-        return
-    n_nan = int(np.isnan(arr).sum())
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(
-        f"{name} contains NaN or inf: {n_nan} NaN and {int(bad.sum()) - n_nan} inf value(s) "
-        f"in an array of shape {arr.shape} (first at index {first})."
-    )

@@ -10,24 +10,29 @@ from __future__ import annotations
 
 import copy
 import math
-import textwrap
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import _fit_context
+from sklearn.base import _fit_context, clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._parallel import warn_if_gpu_shared
+from .._warnings import warn_user
 from ..batches import PairBatches, SyntheticBatches
 from ..datasets import resolve_prior
 from ..operators.ensembles import OperatorEnsemble
-from ..training import Trainer
+from ..training import LRSchedule, Optimizer, Trainer
 from ._base import RecoveryEstimatorBase
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: The default ``optimizer`` and ``lr_schedule`` of the learned estimators. Shared, and never
+#: changed in place: ``set_params(optimizer__lr=...)`` sets a copy (see ``set_params``).
+DEFAULT_OPTIMIZER = Optimizer(torch.optim.Adam)
+DEFAULT_LR_SCHEDULE = LRSchedule(refine_factors=(0.5, 0.1), growth_factors=(0.5,))
 
 
 def resolve_device(device) -> torch.device:
@@ -68,21 +73,38 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
         "compile": ["boolean"],
+        "optimizer": [callable],
+        "lr_schedule": [HasMethods(["get_params", "set_params"]), callable],
+        "loss": [StrOptions({"nmse"}), callable],
+        "callbacks": [None, list, tuple],
+        "eval_every": [Interval(Integral, 1, None, closed="left")],
+        "eval_batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        "operators_per_batch": [Interval(Integral, 1, None, closed="left")],
     }
-    #: Learning-rate multipliers of the refinement stages after each main stage.
-    _refine_factors: tuple[float, ...] = (0.5, 0.1)
-    #: Refinements at the intermediate depths of layer-wise training (None: as above). One
-    #: refinement per intermediate depth (the final depth gets both) halves the number of
-    #: stages at the same final NMSE (LAMP-bg, giid, 10 layers: −44.75 dB in 90 s, −44.92 dB in
-    #: 138 s with both).
-    _growth_factors: tuple[float, ...] | None = (0.5,)
-    #: Steps between two validation checks.
-    _eval_every = 10
     #: The training engine; a subclass of :class:`~sklearn_unfold.training.Trainer` plugs in here.
     _trainer_class = Trainer
 
-    #: Distinct operators drawn per training mini-batch from an operator ensemble.
-    _operators_per_batch = 10
+    def set_params(self, **params):
+        """Set the parameters of this estimator, nested ones included (``optimizer__lr=...``).
+
+        A nested parameter is set on a copy of the object that holds it (made with
+        :func:`sklearn.base.clone`), so the object given to the constructor, or the default
+        shared by every estimator, is never changed in place.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters.
+
+        Returns
+        -------
+        self : estimator instance
+        """
+        for name in {key.partition("__")[0] for key in params if "__" in key}:
+            value = getattr(self, name, None)
+            if name not in params and hasattr(value, "get_params") and not isinstance(value, type):
+                setattr(self, name, clone(value, safe=False))
+        return super().set_params(**params)
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -113,8 +135,33 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         Returns
         -------
         self : object
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Re-raised when training is interrupted, after the estimator was fitted on the best
+            checkpoint so far (``interrupted_ = True``). An interrupt, or any other error,
+            before the new network is complete leaves the estimator's previous fitted state
+            exactly as it was.
         """
+        previous = dict(self.__dict__)
+        try:
+            interrupt = self._fit(X, y, operator)
+        except BaseException:  # not fitted to the end: the previous fitted state, unmixed
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
+        if interrupt is not None:
+            raise interrupt
+        return self
+
+    def _fit(self, X, y, operator=None) -> KeyboardInterrupt | None:
+        """Fit; return the ``KeyboardInterrupt`` that ended training early, if any."""
         Y, X, fit_op = self._validate_fit_data(X, y, operator)
+        self.data_scale_ = self._fit_data_scale(Y, X)
+        scale = self.data_scale_
+        Y, X = Y / scale, X / scale  # training runs in units where X has unit power
+        noise_var = self._scaled_noise_var()
         device, dtype = resolve_device(self.device), _DTYPES[self.dtype]
         warn_if_gpu_shared(device)
         rng = check_random_state(self.random_state)
@@ -123,8 +170,9 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         self.init_estimator_ = self._make_init_estimator()
         init_op = fit_op if (fit_op is not None and fit_op is not self.operator_) else None
         self.init_estimator_.fit(Y, X, operator=init_op)
-        self.signal_prior_ = resolve_prior(self.signal_prior, X)
-        module, start, history = self._initial_module(device, dtype, seed, fit_op)
+        self.signal_prior_ = resolve_prior(self.signal_prior, X * scale)  # in the data's units
+        prior = None if self.signal_prior_ is None else _ScaledPrior(self.signal_prior_, scale)
+        module, start, resumed = self._initial_module(device, dtype, seed, fit_op)
 
         to_t = lambda a: torch.as_tensor(a, dtype=dtype).to(device)  # noqa: E731
         n = Y.shape[0]
@@ -135,18 +183,18 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             val = train
         ensemble = self.A_ if isinstance(self.A_, OperatorEnsemble) else None
         if ensemble is not None:
-            signals = self.signal_prior_ if self.signal_prior_ is not None else to_t(X[train])
-            batches = SyntheticBatches(signals, ensemble, self.noise_var_, self.batch_size, rng,
+            signals = prior if prior is not None else to_t(X[train])
+            batches = SyntheticBatches(signals, ensemble, noise_var, self.batch_size, rng,
                                        dtype=dtype, device=device,
-                                       operators_per_batch=self._operators_per_batch)
-        elif self.signal_prior_ is not None:
+                                       operators_per_batch=self.operators_per_batch)
+        elif prior is not None:
             if fit_op.per_sample:
                 raise ValueError(
                     "signal_prior draws fresh signals through the operator; with per-sample "
                     "operators and no ensemble to draw from, leave signal_prior=None (or pass the "
                     "ensemble the operators come from as A).")
-            batches = SyntheticBatches(self.signal_prior_, fit_op.to(dtype, device),
-                                       self.noise_var_, self.batch_size, rng, dtype=dtype,
+            batches = SyntheticBatches(prior, fit_op.to(dtype, device),
+                                       noise_var, self.batch_size, rng, dtype=dtype,
                                        device=device)
         else:
             batches = PairBatches(to_t(Y[train]), to_t(X[train]), self.batch_size, rng,
@@ -155,27 +203,72 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             validation = (to_t(Y[val]), to_t(X[val]), fit_op.take(val).to(dtype, device))
         else:  # an ensemble without the pairs' operators: measure the held-out signals afresh,
             # through one fresh draw per 10 signals (a tenth of the memory of one per signal)
-            held_out = SyntheticBatches(to_t(X[val]), ensemble, self.noise_var_, len(val),
+            held_out = SyntheticBatches(to_t(X[val]), ensemble, noise_var, len(val),
                                         check_random_state(seed), dtype=dtype, device=device,
                                         operators_per_batch=max(1, len(val) // 10))
             validation = held_out()
         steps_per_epoch = math.ceil(len(train) / min(self.batch_size, len(train)))
-        trainer = self._trainer_class(
-            module, schedule=self.training, curriculum=self.curriculum,
-            learning_rate=self.learning_rate, refine_factors=self._refine_factors,
-            growth_factors=self._growth_factors,
-            max_steps=max(1, math.ceil(self.max_epochs * steps_per_epoch)),
-            n_iter_no_change=self.n_iter_no_change, tol=self.tol, eval_every=self._eval_every,
-            verbose=self.verbose, eval_batch_size=max(self.batch_size, 1024))
-        trainer.fit(batches, validation, start_layer=start, history=history)
+        trainer = self._make_trainer(module, max(1, math.ceil(self.max_epochs * steps_per_epoch)))
+        interrupt = None
+        try:
+            trainer.fit(batches, validation, start_layer=start, **resumed)
+        except KeyboardInterrupt as exc:
+            if not getattr(trainer, "interrupted_", False):  # not from the training loop
+                raise
+            interrupt = exc  # the trainer ended on its best checkpoint: finish the fit
         self.module_ = module
         self.history_ = trainer.history_
+        self.stages_ = trainer.stages_
+        self.optimizer_state_ = trainer.optimizer_state_
+        self.interrupted_ = interrupt is not None
         if getattr(module, "calibrates", False):
             self.calibration_ = trainer.calibration_
         self.n_layers_ = module.n_layers
         self._architecture_ = self._architecture()
         self._set_coefficients(module.layer_summary())
-        return self
+        return interrupt
+
+    def _make_trainer(self, module, max_steps: int) -> Trainer:
+        """The training engine, configured from the estimator's parameters."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, type):
+            optimizer = Optimizer(optimizer)
+        lr = getattr(optimizer, "lr", None)
+        schedule = self.lr_schedule
+        refine = getattr(schedule, "refine_factors", (0.5, 0.1))
+        growth = getattr(schedule, "growth_factors", None)
+        return self._trainer_class(
+            module, schedule=self.training, curriculum=self.curriculum,
+            learning_rate=self.learning_rate if lr is None else lr, refine_factors=refine,
+            growth_factors=growth, max_steps=max_steps, n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol, eval_every=self.eval_every, verbose=self.verbose,
+            eval_batch_size=(max(self.batch_size, 1024) if self.eval_batch_size is None
+                             else self.eval_batch_size),
+            optimizer=optimizer, lr_scheduler=schedule if callable(schedule) else None,
+            loss=None if self.loss == "nmse" else self.loss, callbacks=self.callbacks or (),
+            estimator=self)
+
+    def _fit_data_scale(self, Y: np.ndarray, X: np.ndarray) -> float:
+        """The scale ``c`` training divides ``Y`` and ``X`` by: the RMS of the training signals.
+
+        The network then learns in units where the signals have unit power, so the same
+        problem in other units (``Y`` and ``X`` times ``s``) trains and predicts the same (up to
+        rounding), and float32 holds data of any magnitude float64 can. All-zero signals fall
+        back on the RMS of ``Y``, then on 1. A warm start keeps the previous fit's scale, which
+        its weights were learned in.
+        """
+        old = getattr(self, "data_scale_", None)
+        if self.warm_start and old is not None and getattr(self, "module_", None) is not None:
+            return float(old)
+        for arr in (X, Y):
+            scale = _rms(arr)
+            if 0.0 < scale < np.inf:
+                return scale
+        return 1.0
+
+    def _scaled_noise_var(self) -> float:
+        """``noise_var_`` in the units training runs in (divided by ``data_scale_²``)."""
+        return float(self.noise_var_) / self.data_scale_**2
 
     def _parameterization(self, fit_op) -> str:
         """``"matrix"`` for one fixed dense matrix, ``"operator"`` otherwise."""
@@ -200,7 +293,8 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         return float(draws.norm_sq().mean())
 
     def _initial_module(self, device, dtype, seed, fit_op):
-        """The module to train, the layer layer-wise training starts at, and the history."""
+        """The module to train, the layer layer-wise training starts at, and what a warm start
+        continues (``history``, ``stages`` and ``optimizer_state`` of :meth:`Trainer.fit`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = self._build_module(device, dtype, fit_op)
@@ -208,24 +302,26 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
                 _randomize_matrices(module)
         old = getattr(self, "module_", None)
         if not (self.warm_start and old is not None):
-            return module, 0, []
+            return module, 0, {}
         before, now = getattr(self, "_architecture_", None), self._architecture()
         if before != now:
             changed = sorted(k for k in set(before or {}) | set(now)
                              if (before or {}).get(k) != now.get(k))
-            warnings.warn(
+            warn_user(
                 f"warm_start=True, but the previous fit of this {type(self).__name__} differs in "
                 f"{', '.join(changed)} (before: {[(before or {}).get(k) for k in changed]}, now: "
                 f"{[now.get(k) for k in changed]}); its weights do not apply, so this fit starts "
-                "from the analytic initialisation.", UserWarning, stacklevel=4)
-            return module, 0, []
+                "from the analytic initialisation.", UserWarning)
+            return module, 0, {}
         old_params = dict(old.named_parameters())
         with torch.no_grad():
             for name, p in module.named_parameters():
                 if name in old_params and old_params[name].shape == p.shape:
                     p.copy_(old_params[name].to(device=device, dtype=dtype))
         start = min(old.n_layers, module.n_layers) - (1 if old.n_layers >= module.n_layers else 0)
-        return module, start, list(self.history_)
+        return module, start, {
+            "history": list(self.history_), "stages": list(getattr(self, "stages_", [])),
+            "optimizer_state": getattr(self, "optimizer_state_", None)}
 
     def _architecture(self) -> dict:
         """What a warm start must find unchanged (everything but the depth)."""
@@ -253,8 +349,10 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         op = op.to(dtype=ref.dtype, device=ref.device)
         self.module_.check_operator(op, Yt.shape[0])
         with torch.no_grad():
-            outputs = (forward or self.module_)(Yt, op)
-        yield from outputs
+            outputs = list((forward or self.module_)(Yt, op))
+        for i in range(len(outputs)):  # hand each layer over and drop it here (staged_predict)
+            x, outputs[i] = outputs[i], None
+            yield x
 
     def _chunk_iterator(self):
         """With ``compile``, every chunk of one call goes through one ``torch.compile`` wrapper.
@@ -309,6 +407,24 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         return tags
 
 
+def _rms(arr: np.ndarray) -> float:
+    """The root mean square of ``arr``, without overflow or underflow at extreme magnitudes."""
+    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if not 0.0 < peak < np.inf:
+        return peak
+    return peak * float(np.sqrt(np.mean((arr / peak) ** 2)))
+
+
+class _ScaledPrior:
+    """A signal prior whose draws are divided by ``scale`` (training's units)."""
+
+    def __init__(self, prior, scale: float) -> None:
+        self.prior, self.scale = prior, float(scale)
+
+    def sample(self, n_samples: int, random_state=None):
+        return np.asarray(self.prior.sample(n_samples, random_state)) / self.scale
+
+
 def _randomize_matrices(module: torch.nn.Module) -> None:
     """Redraw every matrix parameter as Gaussian with the Frobenius norm of its analytic value."""
     with torch.no_grad():
@@ -317,97 +433,3 @@ def _randomize_matrices(module: torch.nn.Module) -> None:
                 norm = p.norm()
                 draw = torch.randn(p.shape, dtype=p.dtype).to(p.device)
                 p.copy_(draw * (norm / draw.norm().clamp_min(1e-30)))
-
-
-COMMON_DOC = """
-    n_layers : int, default={n_layers}
-        Depth of the network (iterations unrolled).
-    tied : bool, default=False
-        One set of matrices for all layers (fewer parameters, better with little data); the
-        per-layer scalars stay free.
-    init : {{"analytic", "random"}}, default="analytic"
-        ``"analytic"`` starts from the fitted classical solver, so the untrained network equals
-        its first ``n_layers`` iterations. ``"random"`` redraws the learned matrices at random
-        (Gaussian, same Frobenius norm); it is there for comparison and often does not converge.
-    training : {{"layerwise", "end_to_end"}}, default="{training}"
-        ``"layerwise"``: greedy growth; for each depth, switch the new layer on and train its
-        parameters alone, then refine all layers so far at {growth} the rate (at the final
-        depth 0.5× then 0.1×). ``"end_to_end"``: train all layers together, then refine at
-        0.5× then 0.1×. Every stage stops early on the validation NMSE and ends on its best
-        checkpoint.
-        {why}
-    curriculum : bool, default=True
-        Loss curriculum: the mean of the per-layer NMSEs in the end-to-end stage and every
-        refinement but the last, the final layer's NMSE in the last one (layer-wise stages that
-        train a new layer alone use the final layer's NMSE). ``False``: the final layer's NMSE
-        throughout.
-    max_epochs : float, default={max_epochs}
-        The budget of each training stage, in passes over the training pairs
-        (``ceil(max_epochs · n_train / batch_size)`` optimiser steps at most). With
-        ``signal_prior``, a pass is as many fresh signals as there are training pairs.
-    batch_size : int, default=500
-        Mini-batch size for training, and chunk size for ``predict``.
-    learning_rate : float, default={learning_rate}
-        Adam's rate in the main stages (refinements use 0.5× and 0.1×).
-    validation_fraction : float in [0, 1), default=0.1
-        Fraction of the pairs held out for early stopping and checkpoints (0: the training
-        pairs are used).
-    n_iter_no_change : int, default=3
-        A stage stops after this many validation checks (one every 10 steps) without an
-        improvement of ``tol``.
-    tol : float, default=0.01
-        Smallest improvement of the validation NMSE, in dB, that counts.
-    signal_prior : None, "bernoulli_gaussian" or object, default=None
-        ``None`` trains on the given pairs (shuffled mini-batches). Otherwise every step draws
-        fresh signals from the prior (the string: a Bernoulli-Gaussian prior fitted to the
-        training signals; an object: anything with ``sample(n_samples, random_state)``, fitted
-        with ``fit(X)`` when it has one) and synthesises ``Y = X A_ᵀ + W`` with the noise variance
-        ``noise_var_``; the given pairs then only serve for validation.
-    noise_var : "auto" or float, default="auto"
-        ``σw²``; ``"auto"`` estimates it from ``Y − X A_ᵀ`` on the training pairs.
-    device : str, default="auto"
-        ``"auto"`` trains on CUDA when available, else the CPU; or any torch device string.
-    dtype : {{"float32", "float64"}}, default="float32"
-        Of the network's parameters and computations (predictions are returned as float64).
-    random_state : int, RandomState instance or None, default=None
-        Seeds the split, the batches, the prior's draws and any random initialisation; the same
-        value gives bitwise-equal predictions on the CPU.
-    verbose : int, default=0
-        Show a progress bar with the stage, the layer and the validation NMSE (dB).
-    warm_start : bool, default=False
-        Start from the previous fit's weights; a deeper ``n_layers`` keeps the trained layers
-        and grows the rest from the analytic initialisation.
-    compile : bool, default=False
-        Run ``predict`` and ``staged_predict`` through ``torch.compile`` (training stays
-        eager). The first call compiles (about 10–30 s on 2 CPU cores, once per process and
-        network structure; it needs a C++ compiler on the CPU, Triton on CUDA); later calls fuse
-        the element-wise passes of the denoisers (for LAMP-bg, 10 layers, on 2 CPU cores:
-        15–25 % less time per sample in interleaved runs, less in some single runs; the matrix
-        products are unchanged). Predictions equal the uncompiled ones to float rounding. If
-        compilation fails, a warning says why and the network runs uncompiled."""
-
-ATTR_DOC = """
-    module_ : UnrolledNetwork
-        The trained torch module (in eval mode).
-    init_estimator_ : estimator
-        The fitted classical estimator the network was initialised from.
-    history_ : list of dict
-        One record per training stage: ``stage``, ``layer`` (active depth), ``steps``,
-        ``train_loss``, ``val_nmse_db``, ``learning_rate``, ``stop``.
-    n_layers_ : int
-    coefficients_ : dict of ndarray
-        The network's readable per-layer coefficients.
-    A_, operator_, sparsity_, signal_var_, noise_var_ : as in the classical estimators
-    parameterization_ : {"matrix", "operator"}
-        ``"matrix"``: learned matrices tied to the one fixed dense ``A``; ``"operator"``: only
-        parameters that depend on no matrix (an ensemble, per-sample or matrix-free operators).
-    signal_prior_ : object or None
-        The fitted prior the training signals were drawn from."""
-
-
-def fill_doc(cls, **defaults):
-    """Fill the shared parameter and attribute sections into ``cls``'s docstring."""
-    defaults["why"] = textwrap.fill(defaults["why"], width=88, subsequent_indent=" " * 8)
-    cls.__doc__ = cls.__doc__.replace("%COMMON%", COMMON_DOC.format(**defaults)).replace(
-        "%ATTRS%", ATTR_DOC)
-    return cls

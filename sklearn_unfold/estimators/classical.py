@@ -7,6 +7,7 @@ the noise variance), ``predict`` hands chunks of measurements to the solver in
 
 from __future__ import annotations
 
+import sys
 import warnings
 from numbers import Integral, Real
 
@@ -16,13 +17,13 @@ from sklearn.base import _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._warnings import user_stacklevel
 from ..denoisers import bg_theta, get_denoiser
 from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
 from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase, fill_a_doc
 
 _DTYPE = torch.float64
-_N_PROBE = 8
 
 
 class _ClassicalBase(RecoveryEstimatorBase):
@@ -30,6 +31,7 @@ class _ClassicalBase(RecoveryEstimatorBase):
         **RecoveryEstimatorBase._parameter_constraints,
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
     }
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -55,16 +57,13 @@ class _ClassicalBase(RecoveryEstimatorBase):
         self : object
         """
         Y, X, op = self._validate_fit_data(X, y, operator)
+        if op is not None and getattr(op, "has_adjoint", True) is False:
+            # every solver applies Aᴴ: refuse an operator without one now, not in predict
+            op.adjoint(torch.zeros((0, op.n_measurements), dtype=_DTYPE))
         self._fit_solver(Y, X)
-        # n_iter_ is available after fit: the iterations needed on (up to) the first
-        # _N_PROBE training measurements; every predict then updates it.
-        steps = 0
-        if op is not None:
-            probe = slice(0, _N_PROBE)
-            for steps, _ in enumerate(self._iterate(Y[probe], op.take(probe), warn=False),  # noqa: B007 (the last value is used after the loop)
-                                      start=1):
-                pass
-        self._predict_stats = {"n_iter": steps}
+        # fit does not run the solver: it costs what it says (validation, the prior, the
+        # parameters). Until the first predict sets it, n_iter_ is the bound max_iter.
+        self._predict_stats = {"n_iter": int(self.max_iter)}
         return self
 
     def _fit_solver(self, Y, X) -> None:
@@ -87,18 +86,27 @@ class _ClassicalBase(RecoveryEstimatorBase):
         if warn:
             self._warn(report)
 
+    #: What the divergence warning advises (ISTA's and message passing's causes differ).
+    _divergence_advice = ("returning each one's best finite iterate. Message passing assumes an "
+                          "i.i.d.-like A: try VAMPRegressor, damping < 1, or a learned network.")
+
     def _warn(self, report: IterationReport) -> None:
         name = type(self).__name__
         if report.n_diverged:
             warnings.warn(
-                f"{name} diverged on {report.n_diverged} sample(s); returning each one's best "
-                "finite iterate. Message passing assumes an i.i.d.-like A: try VAMPRegressor, "
-                "damping < 1, or a learned network.", ConvergenceWarning, stacklevel=3)
+                f"{name} diverged on {report.n_diverged} sample(s); {self._divergence_advice}",
+                ConvergenceWarning,
+                stacklevel=user_stacklevel())
         elif report.n_unconverged:
             warnings.warn(
                 f"{name} reached max_iter={self.max_iter} before tol={self.tol} on "
                 f"{report.n_unconverged} sample(s); increase max_iter.",
-                ConvergenceWarning, stacklevel=3)
+                ConvergenceWarning, stacklevel=user_stacklevel())
+
+    def _report_chunk(self, index: int, n_chunks: int, n_samples: int, steps: int) -> None:
+        if self.verbose:
+            print(f"[{type(self).__name__}] chunk {index + 1}/{n_chunks}: {n_samples} sample(s), "
+                  f"{steps} iteration(s)", file=sys.stderr, flush=True)
 
     def _set_n_iter(self, n_iter: int) -> None:
         # Kept in a holder created by fit, so that predict does not add keys to __dict__
@@ -109,8 +117,8 @@ class _ClassicalBase(RecoveryEstimatorBase):
     def n_iter_(self) -> int:
         """Iterations run by the last ``predict`` (the largest over samples).
 
-        After ``fit`` and before any ``predict``: the iterations needed on up to the first 8
-        training measurements.
+        ``fit`` does not run the solver (it validates the pairs and sets the parameters):
+        until the first ``predict``, ``n_iter_`` is the bound ``max_iter``.
         """
         if not hasattr(self, "_predict_stats"):
             raise AttributeError(f"This {type(self).__name__} instance is not fitted yet.")
@@ -142,6 +150,9 @@ class ISTARegressor(_ClassicalBase):
         Noise variance (recorded as ``noise_var_``; ISTA itself does not use it).
     batch_size : int, default=4096
         Samples per chunk in ``predict``.
+    verbose : int, default=0
+        ``> 0`` prints a progress line to stderr after each chunk of ``predict`` and
+        ``staged_predict`` (the chunk, its samples and the iterations run).
 
     Attributes
     ----------
@@ -154,7 +165,8 @@ class ISTARegressor(_ClassicalBase):
     lipschitz_ : float or None
         ``L = ‖A_‖₂²`` (``None`` without a fixed operator: each sample's own ``L`` is used).
     n_iter_ : int
-        Iterations run by the last ``predict`` (the largest over samples).
+        Iterations run by the last ``predict`` (the largest over samples); ``fit`` does not
+        run the solver, so until the first ``predict`` it is the bound ``max_iter``.
     sparsity_, signal_var_, noise_var_ : float
         The Bernoulli-Gaussian prior and noise variance fitted to the training pairs.
     n_features_in_ : int
@@ -172,19 +184,23 @@ class ISTARegressor(_ClassicalBase):
     """
 
     _accelerated = False
+    _divergence_advice = ("returning each one's last finite iterate. ISTA's step 1/L "
+                          "(L = ‖A‖₂²) converges for any A, so a non-finite iterate comes from "
+                          "extreme values: check the scale of A and Y.")
     _parameter_constraints: dict = {
         **_ClassicalBase._parameter_constraints,
         "alpha": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(self, A=None, *, alpha="auto", max_iter=5000, tol=1e-6, noise_var="auto",
-                 batch_size=4096):
+                 batch_size=4096, verbose=0):
         self.A = A
         self.alpha = alpha
         self.max_iter = max_iter
         self.tol = tol
         self.noise_var = noise_var
         self.batch_size = batch_size
+        self.verbose = verbose
 
     def _fit_solver(self, Y, X) -> None:
         self.lipschitz_ = (float(self.operator_.norm_sq()) if self.operator_ is not None
@@ -281,6 +297,8 @@ class AMPRegressor(_MessagePassingBase):
         Prior variance ``v`` of the non-zeros; ``"auto"`` fits it.
     batch_size : int, default=4096
         Samples per chunk in ``predict``.
+    verbose : int, default=0
+        ``> 0`` prints a progress line to stderr after each chunk of ``predict``.
 
     Attributes
     ----------
@@ -296,7 +314,7 @@ class AMPRegressor(_MessagePassingBase):
 
     def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0, max_iter=100,
                  tol=1e-6, noise_var="auto", sparsity="auto", signal_var="auto",
-                 batch_size=4096):
+                 batch_size=4096, verbose=0):
         self.A = A
         self.denoiser = denoiser
         self.threshold = threshold
@@ -307,6 +325,7 @@ class AMPRegressor(_MessagePassingBase):
         self.sparsity = sparsity
         self.signal_var = signal_var
         self.batch_size = batch_size
+        self.verbose = verbose
 
     def _solver_iterates(self, Y, op, report):
         return amp_iterates(Y, op, self.denoiser_, self.theta_, max_iter=self.max_iter,
@@ -329,7 +348,7 @@ class VAMPRegressor(_MessagePassingBase):
 
     Parameters
     ----------
-    A, denoiser, threshold, max_iter, tol, noise_var, sparsity, signal_var, batch_size
+    A, denoiser, threshold, max_iter, tol, noise_var, sparsity, signal_var, batch_size, verbose
         As in :class:`AMPRegressor` (``max_iter`` defaults to 50).
     damping : float in (0, 1], default=1.0
         Damping of the message ``r2`` and the precision ``γ2``; 1 is undamped.
@@ -347,7 +366,7 @@ class VAMPRegressor(_MessagePassingBase):
 
     def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0, max_iter=50,
                  tol=1e-6, noise_var="auto", sparsity="auto", signal_var="auto",
-                 batch_size=4096):
+                 batch_size=4096, verbose=0):
         self.A = A
         self.denoiser = denoiser
         self.threshold = threshold
@@ -358,6 +377,7 @@ class VAMPRegressor(_MessagePassingBase):
         self.sparsity = sparsity
         self.signal_var = signal_var
         self.batch_size = batch_size
+        self.verbose = verbose
 
     def _fit_solver(self, Y, X) -> None:
         super()._fit_solver(Y, X)

@@ -19,7 +19,8 @@ from ..networks.lamp import LAMP_DENOISERS, LAMPNetwork
 from ..networks.ldvamp import LDVAMPNetwork
 from ..networks.lista import VARIANTS, lista_from_ista
 from ._base import fill_a_doc
-from ._learned_base import LearnedEstimatorBase, fill_doc
+from ._learned_base import DEFAULT_LR_SCHEDULE, DEFAULT_OPTIMIZER, LearnedEstimatorBase
+from ._learned_docs import fill_doc
 from .classical import AMPRegressor, ISTARegressor, VAMPRegressor
 
 __all__ = ["LAMPRegressor", "LDVAMPRegressor", "LISTARegressor"]
@@ -93,7 +94,9 @@ class LISTARegressor(LearnedEstimatorBase):
                  max_epochs=4, batch_size=500, learning_rate=1e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
-                 warm_start=False, compile=False):
+                 warm_start=False, compile=False, optimizer=DEFAULT_OPTIMIZER,
+                 lr_schedule=DEFAULT_LR_SCHEDULE, loss="nmse", callbacks=None, eval_every=10,
+                 eval_batch_size=None, operators_per_batch=10):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -117,9 +120,17 @@ class LISTARegressor(LearnedEstimatorBase):
         self.verbose = verbose
         self.warm_start = warm_start
         self.compile = compile
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.loss = loss
+        self.callbacks = callbacks
+        self.eval_every = eval_every
+        self.eval_batch_size = eval_batch_size
+        self.operators_per_batch = operators_per_batch
 
     def _make_init_estimator(self):
-        return ISTARegressor(A=self.A_, alpha=self.alpha, noise_var=self.noise_var_,
+        alpha = self.alpha if self.alpha == "auto" else self.alpha / self.data_scale_
+        return ISTARegressor(A=self.A_, alpha=alpha, noise_var=self._scaled_noise_var(),
                              batch_size=self.batch_size)
 
     def _build_module(self, device, dtype, fit_op):
@@ -200,7 +211,9 @@ class LAMPRegressor(LearnedEstimatorBase):
                  training="layerwise", curriculum=True, max_epochs=5, batch_size=500,
                  learning_rate=3e-3, validation_fraction=0.1, n_iter_no_change=3, tol=0.01,
                  signal_prior=None, noise_var="auto", device="auto", dtype="float32",
-                 random_state=None, verbose=0, warm_start=False, compile=False):
+                 random_state=None, verbose=0, warm_start=False, compile=False,
+                 optimizer=DEFAULT_OPTIMIZER, lr_schedule=DEFAULT_LR_SCHEDULE, loss="nmse",
+                 callbacks=None, eval_every=10, eval_batch_size=None, operators_per_batch=10):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -222,10 +235,17 @@ class LAMPRegressor(LearnedEstimatorBase):
         self.verbose = verbose
         self.warm_start = warm_start
         self.compile = compile
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.loss = loss
+        self.callbacks = callbacks
+        self.eval_every = eval_every
+        self.eval_batch_size = eval_batch_size
+        self.operators_per_batch = operators_per_batch
 
     def _make_init_estimator(self):
         return AMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
-                            noise_var=self.noise_var_, batch_size=self.batch_size)
+                            noise_var=self._scaled_noise_var(), batch_size=self.batch_size)
 
     def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
@@ -287,7 +307,9 @@ class LDVAMPRegressor(LearnedEstimatorBase):
                  batch_size=500, learning_rate=3e-3, validation_fraction=0.1,
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
                  device="auto", dtype="float32", random_state=None, verbose=0,
-                 warm_start=False, compile=False):
+                 warm_start=False, compile=False, optimizer=DEFAULT_OPTIMIZER,
+                 lr_schedule=DEFAULT_LR_SCHEDULE, loss="nmse", callbacks=None, eval_every=10,
+                 eval_batch_size=None, operators_per_batch=10):
         self.A = A
         self.n_layers = n_layers
         self.tied = tied
@@ -310,20 +332,30 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.verbose = verbose
         self.warm_start = warm_start
         self.compile = compile
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.loss = loss
+        self.callbacks = callbacks
+        self.eval_every = eval_every
+        self.eval_batch_size = eval_batch_size
+        self.operators_per_batch = operators_per_batch
 
     def _make_init_estimator(self):
         return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
-                             noise_var=self.noise_var_, batch_size=self.batch_size)
+                             noise_var=self._scaled_noise_var(), batch_size=self.batch_size)
 
     def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
-        second_moment = max(self.sparsity_ * self.signal_var_, 1e-12)
+        # the prior's second moment in training's units (the signals have unit power there)
+        second_moment = self.sparsity_ * self.signal_var_ / self.data_scale_**2
+        if not 0.0 < second_moment < np.inf:
+            second_moment = 1.0
         if self.gains and self.parameterization_ != "matrix":
             raise ValueError(
                 "gains=True learns one gain per singular value of one fixed matrix; with an "
                 "operator ensemble, per-sample or matrix-free operators use gains=False.")
         return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op), self.denoiser, theta,
-                                       self.noise_var_, second_moment, self.n_layers,
+                                       self._scaled_noise_var(), second_moment, self.n_layers,
                                        tied=self.tied, gains=self.gains, dtype=dtype,
                                        device=device)
 
@@ -348,18 +380,18 @@ def _analytic_theta(denoiser: str, classical) -> np.ndarray:
 
 fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3,
          growth="0.5×",
-         why="Layer-wise is the default here: it reaches the lowest NMSE (giid, 16 layers, "
-             "fresh signals, 2 CPU threads: −40.50 dB in 7.3 min layer-wise; with the matched "
-             "direction only, −40.25 dB layer-wise and −38.7 dB in 3.4 min end to end; without "
-             "the per-layer fit of the step and threshold, end to end stalled at −32.1 dB).")
+         why="Layer-wise is the default here: it reaches the lowest NMSE; end to end trains "
+             "faster but ends higher (far higher without the per-layer fit of the step and "
+             "threshold). The :doc:`/benchmarks` page reports the accuracy and training time of "
+             "both schedules.")
 fill_doc(LAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
-         why="Layer-wise is the default, as Borgerding et al. (2017) recommend. Measured on giid with "
-             "20,000 pairs, 2 CPU threads: 10 layers −44.75 dB in 90–105 s layer-wise, −44.74 dB in "
-             "36 s end to end; 6 layers with signal_prior −37.01 dB layer-wise, −36.51 dB end to "
-             "end. \"end_to_end\" is the faster choice when the budget is tight.")
+         why="Layer-wise is the default, as Borgerding et al. (2017) recommend. From the analytic "
+             "AMP start, \"end_to_end\" reaches about the same NMSE in fewer optimiser steps "
+             "and is the faster choice when the budget is tight; the :doc:`/benchmarks` page "
+             "reports the accuracy and training time of both.")
 fill_doc(LDVAMPRegressor, n_layers=10, training="layerwise", max_epochs=5, learning_rate=3e-3,
          growth="0.5×",
-         why="Layer-wise is the default, as Borgerding et al. (2017) recommend; from the analytic VAMP "
-             "start both schedules end at the same NMSE (giid, 6 layers: −38.89 dB layer-wise in "
-             "24 s, −38.88 dB end to end), \"end_to_end\" in fewer steps.")
+         why="Layer-wise is the default, as Borgerding et al. (2017) recommend; from the analytic "
+             "VAMP start both schedules end at about the same NMSE, \"end_to_end\" in fewer "
+             "steps (see the :doc:`/benchmarks` page).")

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from ..operators import LinearOperator
-from ..steps import vamp_initial_precision, vamp_step
+from ..steps import vamp_initial_precision, vamp_precision_bounds, vamp_step
 from ._unrolled import ShrinkageDenoisers, UnrolledNetwork, make_param
 
-_MIN_NOISE_VAR = 1e-10
+#: The smallest noise variance, relative to the signal's second moment (noiseless data).
+_MIN_NOISE_VAR = 1e-9
 
 
 class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
@@ -69,7 +70,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     theta : array-like
         Initial shrinkage parameters (for ``"mlp"``: the BG parameters ``(v, ℓ)``).
     noise_var : float
-        ``σw²``; the initial noise precision is ``1/σw²`` (floored at 1e-10 for noiseless data).
+        ``σw²``; the initial noise precision is ``1/σw²`` (``σw²`` floored at
+        ``1e-9·E[x²]`` for noiseless data: relative to the data, so scale-free).
     signal_second_moment : float
         ``E[x²]``; it floors the first layer's per-sample starting precision.
     tied : bool, default=False
@@ -89,8 +91,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         self.gains = int(n_gains) > 0
         self.n_gains = int(n_gains)
         self.operator_agnostic = not self.gains
-        self.noise_var = max(float(noise_var), _MIN_NOISE_VAR)
         self.signal_second_moment = float(signal_second_moment)
+        self.noise_var = max(float(noise_var), _MIN_NOISE_VAR * self.signal_second_moment)
         self.add_layer_params(
             "log_gamma_w", lambda: make_param([math.log(1.0 / self.noise_var)], dtype, device),
             tieable=True)
@@ -152,6 +154,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         r2 = torch.zeros((n, N), dtype=Y.dtype, device=Y.device)
         gamma2 = vamp_initial_precision(Y, op.frobenius_sq(), self.noise_var,
                                         self.signal_second_moment)
+        bounds = vamp_precision_bounds(gamma2.detach())  # relative to the data: scale-free
         outs = []
         for t in range(self.n_active):
             fn, theta = self._denoise(t)
@@ -159,7 +162,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                 r2, gamma2 * self.log_c2[t].exp(), context, op,
                 self.layer_param("log_gamma_w", t).exp(), fn, theta,
                 gain_scale=self.layer_param("gain", t) if self.gains else None,
-                gamma1_scale=self.log_c1[t].exp())
+                gamma1_scale=self.log_c1[t].exp(), precision_bounds=bounds)
             outs.append(x1)
         return outs
 

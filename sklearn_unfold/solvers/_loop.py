@@ -81,8 +81,9 @@ def run_iterations(
         if bool(blown.any()):
             x_new = torch.where(blown[:, None], fallback, x_new)
             new["x"] = x_new
-        change = (x_new - x_old).norm(dim=1) / x_old.norm(dim=1).clamp_min(1e-30)
-        done = (change <= tol) & ~blown
+        # relative change, without a division: no absolute floor (a row at any scale stops
+        # at the same iteration), and a row that stays at zero stops at once
+        done = ((x_new - x_old).norm(dim=1) <= tol * x_old.norm(dim=1)) & ~blown
         if idx.numel() == n:
             x_full.copy_(x_new)
         else:

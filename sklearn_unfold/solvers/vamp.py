@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..denoisers import DenoiserFn
 from ..operators import LinearOperator, as_operator
-from ..steps import vamp_initial_precision, vamp_step
+from ..steps import vamp_initial_precision, vamp_precision_bounds, vamp_step
 from ._loop import IterationReport, run_iterations
 
 
@@ -37,7 +37,10 @@ def vamp_iterates(
     (:func:`~sklearn_unfold.steps.vamp_initial_precision`). With damping ``β < 1`` the
     message ``r2`` and the precision ``γ2`` are damped:
     ``r2 ← β r2⁺ + (1−β) r2``, ``γ2 ← (β/√γ2⁺ + (1−β)/√γ2)⁻²``.
-    A row whose estimate becomes non-finite is frozen at its last finite iterate.
+    A row whose estimate becomes non-finite is frozen at its last finite iterate. The
+    precisions are kept within a range relative to the starting ``γ2``
+    (:func:`~sklearn_unfold.steps.vamp_precision_bounds`), so the iterates scale with the data
+    and stay finite for any ``noise_var > 0``.
 
     Parameters
     ----------
@@ -54,17 +57,19 @@ def vamp_iterates(
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
     op.check_batch(Y.shape[0])
     n = Y.shape[0]
+    gamma0 = vamp_initial_precision(Y, op.frobenius_sq(), noise_var, signal_second_moment)
     state = {
         "x": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
         "ctx": op.lmmse_context(Y),
         "r2": torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device),
-        "gamma2": vamp_initial_precision(Y, op.frobenius_sq(), noise_var, signal_second_moment),
+        "gamma2": gamma0, "gamma0": gamma0,
     }
     gamma_w = 1.0 / noise_var
 
     def step(sub, sub_op, t):
         x1, r2, gamma2, _ = vamp_step(sub["r2"], sub["gamma2"], sub["ctx"], sub_op, gamma_w,
-                                      denoiser, theta)
+                                      denoiser, theta,
+                                      precision_bounds=vamp_precision_bounds(sub["gamma0"]))
         if damping != 1.0 and t > 0:
             r2 = damping * r2 + (1.0 - damping) * sub["r2"]
             gamma2 = (damping * gamma2.rsqrt() + (1.0 - damping) * sub["gamma2"].rsqrt()) ** -2
