@@ -287,7 +287,8 @@ class ComparisonResult:
 _PARAM_NOTES = (("alpha_", "alpha={:.3g}"), ("threshold_", "lambda={:.3g}"),
                 ("n_nonzero_coefs_", "k={}"))
 _WARNING_NOTES = (("diverged", "diverged on some samples"), ("max_iter", "hit max_iter"),
-                  ("did not converge", "not converged"), ("prematurely", "stopped early"))
+                  ("did not converge", "not converged"), ("prematurely", "stopped early"),
+                  ("made no progress", "training made no progress"))
 
 
 def _notes(est, caught: list) -> str:
