@@ -38,7 +38,6 @@ DENOISER_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
 }
 
 
-
 def _tiny(t: Tensor) -> float:
     """The smallest positive normal number of ``t``'s dtype: a positivity guard with no scale."""
     return float(torch.finfo(t.dtype).tiny)

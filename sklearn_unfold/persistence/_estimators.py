@@ -42,9 +42,6 @@ FIT_FACTS = {
     "target_1d": (bool, _get_target_1d, lambda est, v: setattr(est, "_target_1d", v)),
     "n_signal_features": (int, _get_n_signal, lambda est, v: setattr(est, "_n_signal", v)),
     "n_iter": (int, _get_n_iter, _set_n_iter),
-    "measurement_rms": (float, lambda est: (None if getattr(est, "_y_rms", None) is None
-                                            else float(est._y_rms)),
-                        lambda est, v: setattr(est, "_y_rms", v)),
 }
 
 
