@@ -160,7 +160,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         Y, X, fit_op = self._validate_fit_data(X, y, operator)
         self.data_scale_ = self._fit_data_scale(Y, X)
         scale = self.data_scale_
-        Y, X = Y / scale, X / scale  # training runs in units where X has unit power
+        Y, X = Y / scale, X / scale  # training runs in units where X's non-zeros have unit power
         noise_var = self._scaled_noise_var()
         device, dtype = resolve_device(self.device), _DTYPES[self.dtype]
         warn_if_gpu_shared(device)
@@ -249,19 +249,21 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             estimator=self)
 
     def _fit_data_scale(self, Y: np.ndarray, X: np.ndarray) -> float:
-        """The scale ``c`` training divides ``Y`` and ``X`` by: the RMS of the training signals.
+        """The scale ``c`` training divides ``Y`` and ``X`` by: the RMS of the non-zero signal
+        entries, ``√signal_var_``.
 
-        The network then learns in units where the signals have unit power, so the same
-        problem in other units (``Y`` and ``X`` times ``s``) trains and predicts the same (up to
-        rounding), and float32 holds data of any magnitude float64 can. All-zero signals fall
-        back on the RMS of ``Y``, then on 1. A warm start keeps the previous fit's scale, which
-        its weights were learned in.
+        The network then learns in units where the signals' non-zeros have unit power, so the
+        same problem in other units (``Y`` and ``X`` times ``s``) trains and predicts the same
+        (up to rounding), and float32 holds data of any magnitude float64 can. Learned
+        thresholds and prior variances are in those units, which is what the default learning
+        rates are set for (Adam's steps have a fixed size in parameter units). Signals without
+        non-zeros fall back on the RMS of ``Y``, then on 1. A warm start keeps the previous
+        fit's scale, which its weights were learned in.
         """
         old = getattr(self, "data_scale_", None)
         if self.warm_start and old is not None and getattr(self, "module_", None) is not None:
             return float(old)
-        for arr in (X, Y):
-            scale = _rms(arr)
+        for scale in (float(np.sqrt(self.signal_var_)) if np.any(X) else 0.0, _rms(Y)):
             if 0.0 < scale < np.inf:
                 return scale
         return 1.0

@@ -131,10 +131,11 @@ ATTR_DOC = """
     signal_prior_ : object or None
         The fitted prior the training signals were drawn from (in the data's units).
     data_scale_ : float
-        The RMS of the training signals. Training divides ``Y`` and ``X`` by it and ``predict``
-        divides ``Y`` by it and multiplies the estimate back, so the network, its learned
-        coefficients and ``init_estimator_`` live in units where the signals have unit power,
-        and the same problem in other units gives the same NMSE."""
+        The RMS of the training signals' non-zero entries (``√signal_var_``). Training divides
+        ``Y`` and ``X`` by it and ``predict`` divides ``Y`` by it and multiplies the estimate
+        back, so the network, its learned coefficients and ``init_estimator_`` live in units
+        where the non-zeros have unit power, and the same problem in other units gives the
+        same NMSE."""
 
 
 def fill_doc(cls, **defaults):

@@ -346,7 +346,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
 
     def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
-        # the prior's second moment in training's units (the signals have unit power there)
+        # the prior's second moment in training's units (where the non-zeros have unit power)
         second_moment = self.sparsity_ * self.signal_var_ / self.data_scale_**2
         if not 0.0 < second_moment < np.inf:
             second_moment = 1.0
