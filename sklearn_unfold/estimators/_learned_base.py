@@ -26,6 +26,7 @@ from ..datasets import resolve_prior
 from ..operators.ensembles import OperatorEnsemble
 from ..training import LRSchedule, Optimizer, Trainer
 from ._base import RecoveryEstimatorBase
+from ._validation import _rms
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -407,14 +408,6 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
-
-
-def _rms(arr: np.ndarray) -> float:
-    """The root mean square of ``arr``, without overflow or underflow at extreme magnitudes."""
-    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
-    if not 0.0 < peak < np.inf:
-        return peak
-    return peak * float(np.sqrt(np.mean((arr / peak) ** 2)))
 
 
 class _ScaledPrior:
