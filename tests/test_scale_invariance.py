@@ -132,13 +132,13 @@ def test_learned_estimators_are_scale_invariant(small_problem, name):
     Y, X, A, Yt, Xt = small_problem
     cls = getattr(sklearn_unfold, name)
     params = dict(A=A, n_layers=2, max_epochs=1, training="end_to_end", random_state=0)
-    ref = None
+    ref = scale1 = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for s in (1.0, 1e-150, 1e-12, 1e12):
             est = cls(**params).fit(Y * s, X * s)
             assert est.data_scale_ == pytest.approx(np.sqrt(est.signal_var_), rel=1e-12)
-            scale1 = est.data_scale_ if s == 1.0 else scale1
+            scale1 = est.data_scale_ if scale1 is None else scale1
             assert est.data_scale_ == pytest.approx(s * scale1, rel=1e-9)
             db = nmse_db(Xt * s, est.predict(Yt * s))
             ref = db if ref is None else ref
