@@ -38,9 +38,9 @@ DENOISER_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
 }
 
 
-def _tiny(t: Tensor) -> float:
-    """The smallest positive normal number of ``t``'s dtype: a positivity guard with no scale."""
-    return float(torch.finfo(t.dtype).tiny)
+def _tiny(dtype: torch.dtype) -> float:
+    """The smallest positive normal number of ``dtype``: a positivity guard with no scale."""
+    return float(torch.finfo(dtype).tiny)
 
 
 def _mean(d: Tensor) -> Tensor:
@@ -100,7 +100,7 @@ def bg(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     ``theta = (v, ℓ)`` with sparsity rate ``p = 1/(1+e^ℓ)``; ``v`` is kept positive
     (floored at the dtype's smallest normal number, never at a fixed scale).
     """
-    pi, a, g = _bg_terms(r, sigma, theta[0].clamp_min(_tiny(theta)), theta[1])
+    pi, a, g = _bg_terms(r, sigma, theta[0].clamp_min(_tiny(theta.dtype)), theta[1])
     # r π' = π (1 − π) r² c = 2 π (1 − π) a
     return pi * (g * r), g * (_mean(pi) + 2.0 * _mean(pi * (1.0 - pi) * a))
 
@@ -193,7 +193,7 @@ class MLPDenoiser(nn.Module):
         with torch.enable_grad():
             r_in = r if r.requires_grad else r.detach().requires_grad_(True)
             s = sigma.expand_as(r_in)
-            feats = torch.stack([r_in / s, torch.log(s.clamp_min(_tiny(s)))], dim=-1)
+            feats = torch.stack([r_in / s, torch.log(s.clamp_min(_tiny(s.dtype)))], dim=-1)
             value = r_in + self.net(feats).squeeze(-1) * s
             (grad,) = torch.autograd.grad(value.sum(), r_in, create_graph=keep_graph)
         if not keep_graph:

@@ -18,16 +18,11 @@ import math
 import torch
 from torch import Tensor
 
-from .denoisers import DenoiserFn
+from .denoisers import DenoiserFn, _tiny
 from .operators import LinearOperator
 
 #: Bounds of the stage derivatives ``α`` (dimensionless): they keep the extrinsic messages finite.
 _ALPHA_MIN, _ALPHA_MAX = 1e-10, 1.0 - 1e-7
-
-
-def _tiny(dtype: torch.dtype) -> float:
-    """The smallest positive normal number of ``dtype``'s real part."""
-    return float(torch.finfo(dtype).tiny)
 
 
 def sigma_floor(dtype: torch.dtype) -> float:
