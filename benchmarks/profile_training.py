@@ -40,6 +40,7 @@ import torch
 
 from sklearn_unfold import nmse_db
 from sklearn_unfold.datasets import make_compressed_sensing
+from sklearn_unfold.estimators._learned_base import validation_size
 from sklearn_unfold.training import LRSchedule, Optimizer, Trainer
 
 
@@ -229,7 +230,7 @@ def main(argv=None):
     for name, s, n in rows:
         per = f"{1e3 * s / n:8.2f}" if n else f"{'':>8}"
         print(f"{name:<58} {s:8.2f} {100 * s / fit_s:6.1f} {n if n is not None else '':>7} {per}")
-    n_val = math.ceil(est.validation_fraction * args.n_train)
+    n_val = validation_size(est.validation_fraction, args.n_train)
     print(f"validation set: {n_val} samples, chunks of {est.eval_batch_size or max(est.batch_size, 1024)}")
 
     print(f"\n{'#':>3} {'stage':<10} {'layer':>5} {'steps':>6} {'evals':>6} {'stop':<10} "
@@ -265,7 +266,7 @@ def main(argv=None):
           f"backward {bwd / 1e6:.1f}, validation forward {val / 1e6:.1f}; total "
           f"{(fwd + bwd + val) / 1e6:.1f}")
     max_steps = est.max_epochs * math.ceil(
-        (args.n_train - math.ceil(est.validation_fraction * args.n_train))
+        (args.n_train - n_val)
         / est.batch_size)
     print(f"max_steps per stage {max_steps}; stops: "
           + ", ".join(f"{k} {v}" for k, v in sorted(

@@ -70,6 +70,28 @@ class PairBatches:
         return self.Y[idx], self.X[idx], self.operator.take(idx)
 
 
+def _owner(obj, name: str):
+    """The class in ``type(obj)``'s MRO that defines ``name`` (``None``: an instance attribute
+    or none)."""
+    return next((c for c in type(obj).__mro__ if name in vars(c)), None)
+
+
+def tensor_sampler(prior):
+    """``prior.sample_tensor`` when it draws what ``prior.sample`` draws, else ``None``.
+
+    A subclass that overrides ``sample`` but not ``sample_tensor`` draws with its own
+    ``sample``: the tensor draws it inherits would ignore the override.
+    """
+    draw = getattr(prior, "sample_tensor", None)
+    if draw is None or not callable(draw):
+        return None
+    sample_cls, tensor_cls = _owner(prior, "sample"), _owner(prior, "sample_tensor")
+    if sample_cls is not None and tensor_cls is not None and sample_cls is not tensor_cls \
+            and issubclass(sample_cls, tensor_cls):
+        return None
+    return draw
+
+
 class SyntheticBatches:
     """Fresh measurements every step: ``Y = A X + σw W``, ``W ~ N(0, I)``.
 
@@ -82,7 +104,10 @@ class SyntheticBatches:
     ----------
     signals : object or Tensor of shape (n, N)
         A prior with ``sample(n_samples, random_state) -> ndarray (n_samples, N)``, or training
-        signals to draw mini-batches from.
+        signals to draw mini-batches from. A prior that also has ``sample_tensor(n_samples, *,
+        generator, dtype, device) -> Tensor`` (as
+        :class:`~sklearn_unfold.datasets.BernoulliGaussianPrior`) draws with it instead, and
+        the noise is then drawn by torch too: both on the training device, in its dtype.
     operator : LinearOperator or operator ensemble
         A fixed operator (shared by every sample), or an object with
         ``sample(n_samples, random_state, repeats=..., dtype=..., device=...)``.
@@ -113,11 +138,26 @@ class SyntheticBatches:
         if isinstance(signals, Tensor):
             self._pairs = PairBatches(signals, signals, batch_size, self._rng,
                                       operator=_Identity(signals.shape[1]))
+        # A prior that draws tensors itself (``sample_tensor``) draws the signals and the noise
+        # on the training device in the training dtype, from a torch generator seeded here.
+        self._draw = None if isinstance(signals, Tensor) else tensor_sampler(signals)
+        self._generator = None
+        if self._draw is not None:
+            self._generator = torch.Generator(device=torch.device(device or "cpu"))
+            self._generator.manual_seed(int(self._rng.randint(np.iinfo(np.int32).max)))
 
     def _signals(self, n: int) -> Tensor:
         if isinstance(self.signals, Tensor):
             return self._pairs(n if n != self._pairs.batch_size else None)[1][:n]
         N = self._n_features
+        if self._draw is not None:
+            X = self._draw(n, generator=self._generator, dtype=self.dtype, device=self.device)
+            if tuple(X.shape) != (n, N):
+                raise ValueError(
+                    f"signal_prior.sample_tensor({n}, ...) returned shape {tuple(X.shape)}; "
+                    f"expected ({n}, {N}) to match the operator of shape "
+                    f"{tuple(self.operator.shape)}.")
+            return X
         X = np.asarray(self.signals.sample(n, random_state=self._rng))
         if X.shape != (n, N):
             raise ValueError(
@@ -147,8 +187,12 @@ class SyntheticBatches:
         n = self.batch_size if n_samples is None else int(n_samples)
         X = self._signals(n)
         op = self._operator(n)
-        W = self._rng.standard_normal((n, self._n_measurements))
-        W = torch.as_tensor(W, dtype=self.dtype).to(self.device)
+        if self._generator is not None:
+            W = torch.randn((n, self._n_measurements), generator=self._generator,
+                            dtype=self.dtype, device=self.device)
+        else:
+            W = self._rng.standard_normal((n, self._n_measurements))
+            W = torch.as_tensor(W, dtype=self.dtype).to(self.device)
         return op.forward(X) + self.noise_std * W, X, op
 
 

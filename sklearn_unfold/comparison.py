@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
+import torch
+from joblib import Parallel, delayed
 from sklearn.linear_model import Lasso, OrthogonalMatchingPursuit, orthogonal_mp
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
@@ -94,7 +96,7 @@ class _TunedLasso:
     ``fit`` picks ``alpha_`` by validation NMSE on the last ``n_val`` training pairs over a
     geometric grid (ratio √2) centred on the LASSO weight that :class:`ISTARegressor` calibrates
     (divided by ``M``, sklearn's scaling), widened while the best value is on an edge.
-    ``predict`` solves every sample in one multi-target ``Lasso.fit(A, Y.T)``.
+    ``predict`` solves the samples with multi-target ``Lasso.fit(A, Y.T)`` calls, one per thread.
     """
 
     def __init__(self, A: np.ndarray, n_val: int = 100, alpha_center: float | None = None):
@@ -119,9 +121,14 @@ class _TunedLasso:
         return self
 
     def _solve(self, alpha: float, Y: np.ndarray) -> np.ndarray:
-        lasso = Lasso(alpha=alpha, fit_intercept=False).fit(self.A, Y.T)
-        self.n_iter_ = int(np.max(lasso.n_iter_))
-        return np.reshape(lasso.coef_, (Y.shape[0], -1))
+        # scikit-learn's coordinate descent runs without the GIL, one target at a time: the
+        # samples are split over as many threads as torch may use (``--threads``)
+        n_jobs = max(1, min(torch.get_num_threads(), Y.shape[0]))
+        fits = Parallel(n_jobs=n_jobs, prefer="threads")(
+            delayed(Lasso(alpha=alpha, fit_intercept=False).fit)(self.A, part.T)
+            for part in np.array_split(Y, n_jobs))
+        self.n_iter_ = int(max(np.max(f.n_iter_) for f in fits))
+        return np.concatenate([np.reshape(f.coef_, (-1, self.A.shape[1])) for f in fits])
 
     def predict(self, Y: np.ndarray) -> np.ndarray:
         return self._solve(self.alpha_, Y)
@@ -207,10 +214,12 @@ def _learned(class_name: str, steps_per_stage: int, quick_steps: int, **params) 
 
     def build(data: ComparisonData, random_state: int, quick: bool = False):
         from .estimators import learned
+        from .estimators._learned_base import validation_size
 
         est = getattr(learned, class_name)(A=data.A)
         known = est.get_params()
-        n_fit = max(1.0, data.Y_train.shape[0] * (1.0 - known.get("validation_fraction", 0.0)))
+        n = data.Y_train.shape[0]
+        n_fit = max(1, n - validation_size(known.get("validation_fraction", 0.0), n))
         steps = quick_steps if quick else steps_per_stage
         epochs = steps * known.get("batch_size", 500) / n_fit
         wanted = {"signal_prior": "bernoulli_gaussian", "max_epochs": epochs,

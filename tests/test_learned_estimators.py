@@ -85,12 +85,14 @@ def test_fitted_attributes_are_readable(fitted):
         assert {"stage", "layer", "steps", "train_loss", "val_nmse_db", "learning_rate"} <= set(rec)
         assert np.isfinite(rec["val_nmse_db"])
         assert not est.interrupted_
-    # layer-wise growth (the default): new layer, one refinement per intermediate depth, two
-    # refinements at the final depth
-    stages = [(h["stage"], h["layer"]) for h in lamp.stages_]
+    # the defaults: LAMP and LDVAMP end to end, then one refinement; LISTA grows layer-wise
+    # (new layer, then one refinement of all layers so far, at every depth)
+    for est in (lamp, ldvamp):
+        assert [(h["stage"], h["layer"]) for h in est.stages_] == [("end_to_end", 4),
+                                                                   ("refine", 4)]
+    stages = [(h["stage"], h["layer"]) for h in lista.stages_]
     assert stages == [("layer", 1), ("refine", 1), ("layer", 2), ("refine", 2), ("layer", 3),
-                      ("refine", 3), ("layer", 4), ("refine", 4), ("refine", 4)]
-    assert lista.stages_[0]["stage"] == "layer"
+                      ("refine", 3), ("layer", 4), ("refine", 4)]
     # LISTA fitted each layer's step and threshold before training it; the others do not
     assert [c["layer"] for c in lista.calibration_] == [1, 2, 3, 4]
     assert all(c["nmse_db_after"] <= c["nmse_db_before"] for c in lista.calibration_)
@@ -285,7 +287,7 @@ def test_optimizer_and_schedule_are_nested_parameters(small):
     from sklearn_unfold.estimators._learned_base import DEFAULT_OPTIMIZER
     from sklearn_unfold.training import LRSchedule, Optimizer
 
-    est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, **FAST)
+    est = LAMPRegressor(A=small["A"], n_layers=2, max_epochs=0.5, training="layerwise", **FAST)
     assert est.get_params()["optimizer__optimizer_class"] is torch.optim.Adam
     est.set_params(optimizer__lr=1e-2, lr_schedule__refine_factors=(0.25,),
                    lr_schedule__growth_factors=())

@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from .._parallel import warn_if_gpu_shared
 from .._warnings import warn_user
-from ..batches import PairBatches, SyntheticBatches
+from ..batches import PairBatches, SyntheticBatches, tensor_sampler
 from ..datasets import resolve_prior
 from ..operators.ensembles import OperatorEnsemble
 from ..training import LRSchedule, Optimizer, Trainer
@@ -33,7 +33,29 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The default ``optimizer`` and ``lr_schedule`` of the learned estimators. Shared, and never
 #: changed in place: ``set_params(optimizer__lr=...)`` sets a copy (see ``set_params``).
 DEFAULT_OPTIMIZER = Optimizer(torch.optim.Adam)
-DEFAULT_LR_SCHEDULE = LRSchedule(refine_factors=(0.5, 0.1), growth_factors=(0.5,))
+#: LISTA's layer-wise growth: one refinement of all layers at half the rate after every depth.
+LAYERWISE_LR_SCHEDULE = LRSchedule(refine_factors=(0.5,), growth_factors=(0.5,))
+#: LAMP's and LDVAMP's end-to-end training: one refinement at a tenth of the rate, on the final
+#: layer's loss (``growth_factors`` serve only if ``training="layerwise"`` is asked for).
+END_TO_END_LR_SCHEDULE = LRSchedule(refine_factors=(0.1,), growth_factors=(0.5,))
+
+
+#: ``validation_fraction="auto"`` holds out this fraction of the pairs, at most
+#: ``MAX_AUTO_VALIDATION`` of them: enough to rank checkpoints, and a validation check then costs
+#: a bounded number of forward passes whatever the size of the data.
+AUTO_VALIDATION_FRACTION = 0.1
+MAX_AUTO_VALIDATION = 1000
+
+
+def validation_size(validation_fraction, n_samples: int) -> int:
+    """How many of ``n_samples`` pairs ``validation_fraction`` holds out (at most ``n − 1``)."""
+    if n_samples <= 1:
+        return 0
+    if validation_fraction == "auto":
+        wanted = min(math.ceil(AUTO_VALIDATION_FRACTION * n_samples), MAX_AUTO_VALIDATION)
+    else:
+        wanted = math.ceil(validation_fraction * n_samples)
+    return min(n_samples - 1, wanted)
 
 
 def resolve_device(device) -> torch.device:
@@ -64,7 +86,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         "curriculum": ["boolean"],
         "max_epochs": [Interval(Real, 0, None, closed="neither")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "signal_prior": [None, StrOptions({"bernoulli_gaussian"}), HasMethods(["sample"])],
@@ -177,7 +199,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
 
         to_t = lambda a: torch.as_tensor(a, dtype=dtype).to(device)  # noqa: E731
         n = Y.shape[0]
-        n_val = min(n - 1, math.ceil(self.validation_fraction * n)) if n > 1 else 0
+        n_val = validation_size(self.validation_fraction, n)
         perm = rng.permutation(n)
         val, train = perm[:n_val], perm[n_val:]
         if n_val == 0:
@@ -236,7 +258,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
             optimizer = Optimizer(optimizer)
         lr = getattr(optimizer, "lr", None)
         schedule = self.lr_schedule
-        refine = getattr(schedule, "refine_factors", (0.5, 0.1))
+        refine = getattr(schedule, "refine_factors", END_TO_END_LR_SCHEDULE.refine_factors)
         growth = getattr(schedule, "growth_factors", None)
         return self._trainer_class(
             module, schedule=self.training, curriculum=self.curriculum,
@@ -418,6 +440,15 @@ class _ScaledPrior:
 
     def sample(self, n_samples: int, random_state=None):
         return np.asarray(self.prior.sample(n_samples, random_state)) / self.scale
+
+    def __getattr__(self, name: str):
+        # ``sample_tensor`` exactly when the wrapped prior has it (the fast draws of training)
+        draw = tensor_sampler(self.__dict__.get("prior")) if name == "sample_tensor" else None
+        if draw is not None:
+            def sample_tensor(n_samples: int, **kwargs):
+                return draw(n_samples, **kwargs).div_(self.scale)
+            return sample_tensor
+        raise AttributeError(name)
 
 
 def _randomize_matrices(module: torch.nn.Module) -> None:

@@ -16,10 +16,10 @@ COMMON_DOC = """
         (Gaussian, same Frobenius norm); it is there for comparison and often does not converge.
     training : {{"layerwise", "end_to_end"}}, default="{training}"
         ``"layerwise"``: greedy growth; for each depth, switch the new layer on and train its
-        parameters alone, then refine all layers so far at {growth} the rate (at the final
-        depth 0.5× then 0.1×). ``"end_to_end"``: train all layers together, then refine at
-        0.5× then 0.1×. Every stage stops early on the validation NMSE and ends on its best
-        checkpoint.
+        parameters alone, then refine all layers so far at the rates of ``lr_schedule``
+        (``growth_factors`` after the intermediate depths, ``refine_factors`` after the last).
+        ``"end_to_end"``: train all layers together, then refine at ``refine_factors``. Every
+        stage stops early on the validation NMSE and ends on its best checkpoint.
         {why}
     curriculum : bool, default=True
         Loss curriculum: the mean of the per-layer NMSEs in the end-to-end stage and every
@@ -33,19 +33,20 @@ COMMON_DOC = """
     batch_size : int, default=500
         Mini-batch size for training, and chunk size for ``predict``.
     learning_rate : float, default={learning_rate}
-        The optimiser's rate in the main stages (refinements use ``lr_schedule``'s factors,
-        0.5× and 0.1× by default). ``optimizer=Optimizer(..., lr=...)`` (or
+        The optimiser's rate in the main stages (refinements use ``lr_schedule``'s factors).
+        ``optimizer=Optimizer(..., lr=...)`` (or
         ``optimizer__lr``) replaces it.
     optimizer : Optimizer or torch optimiser class, default=Optimizer(torch.optim.Adam)
         The optimiser of every stage (a fresh one per stage), as
         :class:`~sklearn_unfold.training.Optimizer` ``(torch.optim.AdamW, weight_decay=1e-4)``;
         its arguments are nested parameters (``set_params(optimizer__lr=1e-2)``, a
         ``GridSearchCV`` grid over ``"optimizer__lr"``).
-    lr_schedule : LRSchedule, default=LRSchedule(refine_factors=(0.5, 0.1), growth_factors=(0.5,))
+    lr_schedule : LRSchedule, default={lr_schedule}
         :class:`~sklearn_unfold.training.LRSchedule`: the rate multipliers of the refinement
         stages (``refine_factors``; ``growth_factors`` after the intermediate depths of
         layer-wise training) and an optional :mod:`torch.optim.lr_scheduler` within each
         stage; nested parameters as well (``lr_schedule__refine_factors=(0.5,)``).
+        {schedule_why}
     loss : "nmse" or callable, default="nmse"
         The training loss of one layer's estimate, ``loss(X_hat, X) -> scalar tensor``
         (differentiable); the curriculum weighs it over the layers. Early stopping and
@@ -61,13 +62,14 @@ COMMON_DOC = """
         Chunk size of the validation forward passes (``None``: ``max(batch_size, 1024)``).
     operators_per_batch : int, default=10
         With an operator ensemble as ``A``: distinct operators drawn per training mini-batch.
-    validation_fraction : float in [0, 1), default=0.1
+    validation_fraction : float in [0, 1) or "auto", default="auto"
         Fraction of the pairs held out for early stopping and checkpoints (0: the training
-        pairs are used).
-    n_iter_no_change : int, default=3
+        pairs are used). ``"auto"``: 10 % of the pairs, at most 1,000 (enough to rank
+        checkpoints; beyond that, more held-out pairs only make every check slower).
+    n_iter_no_change : int, default={n_iter_no_change}
         A stage stops after this many validation checks (one every ``eval_every`` steps)
         without an improvement of ``tol``.
-    tol : float, default=0.01
+    tol : float, default={tol}
         Smallest improvement of the validation NMSE, in dB, that counts.
     signal_prior : None, "bernoulli_gaussian" or object, default=None
         ``None`` trains on the given pairs (shuffled mini-batches). Otherwise every step draws
@@ -140,7 +142,8 @@ ATTR_DOC = """
 
 def fill_doc(cls, **defaults):
     """Fill the shared parameter and attribute sections into ``cls``'s docstring."""
-    defaults["why"] = textwrap.fill(defaults["why"], width=88, subsequent_indent=" " * 8)
+    for key in ("why", "schedule_why"):
+        defaults[key] = textwrap.fill(defaults[key], width=88, subsequent_indent=" " * 8)
     cls.__doc__ = cls.__doc__.replace("%COMMON%", COMMON_DOC.format(**defaults)).replace(
         "%ATTRS%", ATTR_DOC)
     return cls

@@ -66,7 +66,9 @@ def run_iterations(
     for t in range(max_iter):
         new, quality = step(sub, sub_op, t)
         x_old, x_new = sub["x"], new["x"]
-        finite = torch.isfinite(x_new).all(dim=1)
+        # a row's sum is finite exactly when its entries are (or their sum overflows: a row
+        # near the dtype's largest value has diverged too); one pass, not isfinite's three
+        finite = torch.isfinite(x_new.sum(dim=1))
         if quality is not None:
             q = quality.reshape(-1)
             finite &= torch.isfinite(q)
@@ -84,13 +86,12 @@ def run_iterations(
         # relative change, without a division: no absolute floor (a row at any scale stops
         # at the same iteration), and a row that stays at zero stops at once
         done = ((x_new - x_old).norm(dim=1) <= tol * x_old.norm(dim=1)) & ~blown
-        if idx.numel() == n:
-            x_full.copy_(x_new)
-        else:
-            x_full.index_copy_(0, idx, x_new)
+        # a fresh tensor every iteration (the steps never write into their inputs): what was
+        # yielded is never changed afterwards
+        x_full = x_new if idx.numel() == n else x_full.index_copy(0, idx, x_new)
         sub = {**sub, **new}
         report.n_iter = t + 1
-        yield x_full.clone()  # a fresh tensor: the estimate is updated in place next iteration
+        yield x_full
         stop = done | blown
         if bool(stop.any()):
             diverged[idx[blown]] = True

@@ -57,7 +57,7 @@ class Trainer:
     calibrate : bool, default=True
         Let the network fit each new layer to training data before its first stage (see
         above).
-    calibration_samples : int, default=1024
+    calibration_samples : int, default=512
         Training samples drawn for that fit (whole batches, so at least this many).
     optimizer : Optimizer, torch optimiser class or callable, optional
         ``optimizer(params, lr=rate)`` builds each stage's optimiser (default: Adam).
@@ -113,7 +113,7 @@ class Trainer:
                  max_steps: int = 100, n_iter_no_change: int = 3, tol: float = 0.01,
                  eval_every: int = 10, max_recoveries: int = 4, verbose: int = 0,
                  eval_batch_size: int = 1024, growth_factors: Sequence[float] | None = None,
-                 log_loss: bool = False, calibrate: bool = True, calibration_samples: int = 1024,
+                 log_loss: bool = False, calibrate: bool = True, calibration_samples: int = 512,
                  optimizer=None, lr_scheduler: Callable | None = None,
                  loss: Callable[[Tensor, Tensor], Tensor] | None = None,
                  callbacks: Sequence[Callable] = (), estimator=None):
