@@ -41,9 +41,9 @@ def evaluate(problem):
     Y, X, A = make_compressed_sensing(problem, n_samples=4000, n_features=200,
                                       n_measurements=100, random_state=0)
     Y_test, X_test, _ = make_compressed_sensing(problem, n_samples=500, A=A, random_state=1)
-    # end to end (3 stages per depth) keeps this example quick; the default grows layer-wise
-    lamp = LAMPRegressor(A=A, n_layers=depths[0], training="end_to_end", warm_start=True,
-                         random_state=0)
+    # the default training (end to end, then one refinement); warm_start carries each depth's
+    # weights into the next, deeper fit
+    lamp = LAMPRegressor(A=A, n_layers=depths[0], warm_start=True, random_state=0)
     rows = {"LAMP": [], "AMP": [], "VAMP": []}
     for depth in depths:
         lamp.set_params(n_layers=depth).fit(Y, X)

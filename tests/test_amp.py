@@ -116,3 +116,15 @@ def test_staged_predict_memory_is_bounded_by_the_chunk(giid):
     assert peak < 2.5 * out  # the yielded stage (+ the chunks of Y): not every stage
     del est._solver_iterates
     np.testing.assert_allclose(list(est.staged_predict(Y))[-1], est.predict(Y), rtol=1e-12)
+
+
+@pytest.mark.parametrize("denoiser", ["bg", "soft"])
+def test_float32_iterates_agree_with_float64(giid, denoiser):
+    ref = AMPRegressor(A=giid["A"], denoiser=denoiser, max_iter=30).fit(giid["Y"], giid["X"])
+    est = AMPRegressor(A=giid["A"], denoiser=denoiser, max_iter=30, dtype="float32")
+    est.fit(giid["Y"], giid["X"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = ref.predict(giid["Yt"]), est.predict(giid["Yt"])
+    assert b.dtype == np.float64
+    assert abs(nmse_db(giid["Xt"], b) - nmse_db(giid["Xt"], a)) < 0.01

@@ -131,3 +131,19 @@ def test_verbose_prints_a_line_per_chunk(capsys):
     est.set_params(verbose=0).predict(Y) if False else None
     ISTARegressor(A=A, max_iter=20).fit(Y, X)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("Est", [ISTARegressor, FISTARegressor])
+def test_float32_iterates_agree_with_float64(Est):
+    Y, X, A = make_compressed_sensing("giid", 200, n_features=100, n_measurements=50,
+                                      random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = Est(A=A, max_iter=300).fit(Y, X).predict(Y)
+        est = Est(A=A, max_iter=300, dtype="float32").fit(Y, X)
+        out = est.predict(Y)
+    assert out.dtype == np.float64 and out.shape == ref.shape
+    assert np.linalg.norm(out - ref) <= 1e-4 * np.linalg.norm(ref)
+    assert abs(nmse_db(X, out) - nmse_db(X, ref)) < 0.01
+    with pytest.raises(ValueError, match="dtype"):
+        Est(A=A, dtype="float16").fit(Y, X)

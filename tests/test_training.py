@@ -249,6 +249,47 @@ def test_prior_batches_synthesise_measurements_through_A():
         PriorBatches(Bad(), A, 0.01, 10)()
 
 
+def test_prior_tensor_draws_are_reproducible_and_follow_the_prior():
+    prior = BernoulliGaussianPrior(0.1, 4.0, n_features=500)
+    gen = torch.Generator().manual_seed(3)
+    X = prior.sample_tensor(4000, generator=gen, dtype=torch.float32)
+    assert X.shape == (4000, 500) and X.dtype == torch.float32
+    nz = X[X != 0]
+    assert float((X != 0).double().mean()) == pytest.approx(0.1, abs=0.003)
+    assert float(nz.double().var()) == pytest.approx(4.0, rel=0.03)
+    assert abs(float(nz.double().mean())) < 0.03
+    again = prior.sample_tensor(4000, generator=torch.Generator().manual_seed(3),
+                                dtype=torch.float32)
+    assert torch.equal(X, again)
+    # batches: the same random_state gives the same batches, another one others
+    A = torch.as_tensor(np.random.RandomState(0).standard_normal((250, 500)) / 16,
+                        dtype=torch.float32)
+    draw = lambda seed: PriorBatches(prior, A, 0.01, 100, random_state=seed)()  # noqa: E731
+    (Y1, X1, _), (Y2, X2, _), (Y3, _, _) = draw(0), draw(0), draw(1)
+    assert torch.equal(Y1, Y2) and torch.equal(X1, X2) and not torch.equal(Y1, Y3)
+    assert Y1.dtype == X1.dtype == torch.float32
+    assert float((Y1 - X1 @ A.T).var()) == pytest.approx(0.01, rel=0.1)
+
+
+def test_a_prior_that_overrides_sample_draws_with_its_own_sample():
+    from sklearn_unfold.batches import tensor_sampler
+
+    class Shifted(BernoulliGaussianPrior):  # overrides sample, inherits sample_tensor
+        def sample(self, n_samples, random_state=None):
+            return super().sample(n_samples, random_state) + 100.0
+
+    class Both(Shifted):  # overrides both again: its own sample_tensor serves
+        def sample_tensor(self, n_samples, **kwargs):
+            return BernoulliGaussianPrior.sample_tensor(self, n_samples, **kwargs) + 100.0
+
+    base = BernoulliGaussianPrior(0.2, 1.0, n_features=8)
+    assert tensor_sampler(base) is not None and tensor_sampler(Shifted(0.2, 1.0, 8)) is None
+    assert tensor_sampler(Both(0.2, 1.0, 8)) is not None
+    A = torch.eye(8, dtype=torch.float64)
+    _, X, _ = PriorBatches(Shifted(0.2, 1.0, 8), A, 0.0, 50, random_state=0)()
+    assert float(X.min()) > 90.0  # the override was used
+
+
 def test_synthetic_batches_draw_fresh_operators_from_an_ensemble():
     M, N = 16, 32
     ensemble = GaussianEnsemble(M, N)

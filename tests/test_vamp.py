@@ -130,3 +130,14 @@ def test_lmmse_stage_does_not_overflow_with_a_huge_noise_precision():
         assert torch.isfinite(x1).all() and torch.isfinite(r2).all()
         assert bool(((gamma2 >= 1e-11) & (gamma2 <= 10 * 4 / np.finfo(float).eps ** 2)).all())
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-12)
+
+
+def test_float32_iterates_agree_with_float64(kappa15):
+    ref = VAMPRegressor(A=kappa15["A"], max_iter=30).fit(kappa15["Y"], kappa15["X"])
+    est = VAMPRegressor(A=kappa15["A"], max_iter=30, dtype="float32")
+    est.fit(kappa15["Y"], kappa15["X"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = ref.predict(kappa15["Yt"]), est.predict(kappa15["Yt"])
+    assert b.dtype == np.float64
+    assert abs(nmse_db(kappa15["Xt"], b) - nmse_db(kappa15["Xt"], a)) < 0.01
