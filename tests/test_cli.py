@@ -55,9 +55,12 @@ def test_run_comparison_rows_match_curves():
     amp, omp = rows
     assert amp.nmse_curve is not None and amp.n_iter == amp.nmse_curve.size
     assert amp.nmse_db == pytest.approx(amp.nmse_curve[-1])
-    # chunked staged errors add up to the NMSE of one full-batch predict
+    # chunked staged errors add up to the NMSE of one full-batch predict (to float32 rounding:
+    # the comparison's classical solvers iterate in float32, and a chunk's matrix products
+    # round differently from the whole batch's)
     est = METHODS["amp-bg"].build(data, 0).fit(data.Y_train, data.X_train)
-    assert amp.nmse_db == pytest.approx(nmse_db(data.X_test, est.predict(data.Y_test)), abs=1e-9)
+    assert est.dtype == "float32"
+    assert amp.nmse_db == pytest.approx(nmse_db(data.X_test, est.predict(data.Y_test)), abs=1e-5)
     assert omp.nmse_curve is None and omp.n_iter >= 1 and "k=" in omp.notes
     table = format_table(rows)
     assert table.count("\n") == 3 and "sklearn OMP" in table
