@@ -31,7 +31,7 @@ Y, X, A = make_compressed_sensing("giid", n_samples=1500, n_features=100, n_meas
 Y_test, X_test, _ = make_compressed_sensing("giid", n_samples=1000, A=A, random_state=1)
 
 search = GridSearchCV(
-    LAMPRegressor(A=A, max_epochs=10, training="end_to_end", random_state=0),  # the faster schedule
+    LAMPRegressor(A=A, max_epochs=10, random_state=0),  # half the default budget: a quick example
     param_grid={"n_layers": [2, 4, 6, 8], "tied": [True, False]},
     scoring=nmse_scorer,
     cv=KFold(n_splits=3, shuffle=True, random_state=0),

@@ -95,7 +95,7 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# On ``giid`` (left) LAMP beats AMP at the same depth, by about 2 dB at two layers and 6 dB at
+# On ``giid`` (left) LAMP beats AMP at the same depth, by about 3 dB at two layers and 7 dB at
 # eight: the trained matrices and denoiser parameters make each layer do more than one AMP
 # iteration. On
 # ``kappa15`` (right) AMP fails altogether, its NMSE stays near 0 dB, while LAMP, trained for

@@ -52,8 +52,8 @@ print(f"{len(X_train)} training and {len(X_test)} test images; "
 # same VAMP and trains, per layer, the denoiser network, the shrinkage parameters, the noise
 # precision of the linear stage and the precision corrections.
 vamp = VAMPRegressor(A=A, max_iter=6).fit(Y_train, X_train)
-ldvamp = LDVAMPRegressor(A=A, n_layers=6, denoiser="mlp", max_epochs=20, batch_size=250,
-                         training="end_to_end", random_state=0).fit(Y_train, X_train)
+ldvamp = LDVAMPRegressor(A=A, n_layers=6, denoiser="mlp", max_epochs=60, batch_size=250,
+                         random_state=0).fit(Y_train, X_train)
 for record in ldvamp.stages_:  # one record per training stage (history_: every check)
     print(f"stage {record['stage']:10s} {record['steps']:4d} steps, "
           f"validation NMSE {record['val_nmse_db']:6.1f} dB, stopped by: {record['stop']}")

@@ -83,7 +83,7 @@ plt.show()
 
 # %%
 # Before training, the 10-layer LISTA *is* the first 10 ISTA iterations (about −3 dB here).
-# After training it goes past the LASSO solution's NMSE at its last layer (by about 1.5 dB
+# After training it goes past the LASSO solution's NMSE at its last layer (by about 1 dB
 # here), a level that ISTA, which converges to the LASSO solution, does not reach in 3,000
 # iterations: a factor of several hundred in depth, hence in computation per recovered signal.
 # The price is the training, and a network tied to this ``A``.
