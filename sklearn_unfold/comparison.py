@@ -249,7 +249,7 @@ METHODS = MappingProxyType({
     "omp": Method("sklearn OMP", _peer(_TunedOMP)),
     # Learned networks: small budgets (the benchmarks page of the documentation records the
     # command's wall time), each network with its default schedule.
-    "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 30, QUICK_STEPS["lista"],
+    "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 25, QUICK_STEPS["lista"],
                                            n_layers=10), learned=True),
     "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, QUICK_STEPS["lamp"], n_layers=10),
                    learned=True),

@@ -58,7 +58,7 @@ class Trainer:
         Let the network fit each new layer to training data before its first stage (see
         above).
     calibration_samples : int, default=512
-        Training samples drawn for that fit (whole batches, so at least this many).
+        Training samples that fit uses (drawn as whole batches, then cut to this many).
     optimizer : Optimizer, torch optimiser class or callable, optional
         ``optimizer(params, lr=rate)`` builds each stage's optimiser (default: Adam).
     lr_scheduler : LRSchedule or callable, optional
@@ -364,6 +364,10 @@ class Trainer:
         if not layers:
             return
         Y, X, op = self.batches(self.calibration_samples)
+        n = self.calibration_samples  # whole batches were drawn: keep exactly n samples
+        if Y.shape[0] > n:
+            Y, X = Y[:n], X[:n]
+            op = op.take(slice(0, n)) if op.per_sample else op
         self.module.eval()
         for t in layers:
             record = self.module.calibrate_layer(t, Y, X, op)
