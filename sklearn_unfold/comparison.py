@@ -251,7 +251,7 @@ METHODS = MappingProxyType({
     # command's wall time), each network with its default schedule.
     "lista": Method("LISTA-CPSS", _learned("LISTARegressor", 25, QUICK_STEPS["lista"],
                                            n_layers=10), learned=True),
-    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 100, QUICK_STEPS["lamp"], n_layers=10),
+    "lamp": Method("LAMP-bg", _learned("LAMPRegressor", 70, QUICK_STEPS["lamp"], n_layers=10),
                    learned=True),
     "ldvamp": Method("LDVAMP-bg", _learned("LDVAMPRegressor", 100, QUICK_STEPS["ldvamp"],
                                            n_layers=10), learned=True),

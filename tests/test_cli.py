@@ -179,7 +179,7 @@ def test_quick_configuration():
     assert METHODS["amp-bg"].build(data, 0, quick=True).get_params()["max_iter"] == \
         METHODS["amp-bg"].build(data, 0).get_params()["max_iter"]
     pytest.importorskip("sklearn_unfold.estimators.learned")
-    for name, full_steps in (("lista", 25), ("lamp", 100), ("ldvamp", 100)):
+    for name, full_steps in (("lista", 25), ("lamp", 70), ("ldvamp", 100)):
         full, fast = (METHODS[name].build(data, 0, quick=q).get_params() for q in (False, True))
         assert fast["training"] == "end_to_end" and fast["n_layers"] == full["n_layers"] == 10
         assert fast["max_epochs"] / full["max_epochs"] == pytest.approx(QUICK_STEPS[name] / full_steps)
