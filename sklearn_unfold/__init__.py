@@ -10,7 +10,9 @@ from .estimators import (
     ISTARegressor,
     LAMPRegressor,
     LDVAMPRegressor,
+    LinearMMSERegressor,
     LISTARegressor,
+    OMPRegressor,
     VAMPRegressor,
 )
 from .metrics import nmse_db, nmse_scorer
@@ -27,4 +29,6 @@ __all__ = [
     "LAMPRegressor",
     "LDVAMPRegressor",
     "LISTARegressor",
+    "LinearMMSERegressor",
+    "OMPRegressor",
 ]

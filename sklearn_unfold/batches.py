@@ -187,13 +187,18 @@ class SyntheticBatches:
         n = self.batch_size if n_samples is None else int(n_samples)
         X = self._signals(n)
         op = self._operator(n)
+        clean = op.forward(X)
+        # complex measurements get circularly-symmetric noise, E|w|² = σw² (a complex randn
+        # draws CN(0, 1))
         if self._generator is not None:
             W = torch.randn((n, self._n_measurements), generator=self._generator,
-                            dtype=self.dtype, device=self.device)
+                            dtype=clean.dtype, device=self.device)
         else:
             W = self._rng.standard_normal((n, self._n_measurements))
-            W = torch.as_tensor(W, dtype=self.dtype).to(self.device)
-        return op.forward(X) + self.noise_std * W, X, op
+            if clean.is_complex():
+                W = (W + 1j * self._rng.standard_normal((n, self._n_measurements))) / math.sqrt(2)
+            W = torch.as_tensor(W, dtype=clean.dtype).to(self.device)
+        return clean + self.noise_std * W, X, op
 
 
 class PriorBatches(SyntheticBatches):

@@ -167,11 +167,22 @@ class _TunedOMP:
 
 
 def _sq_error(X_hat: np.ndarray, X: np.ndarray, buffer: np.ndarray | None = None) -> float:
-    """``‖X̂ − X‖²_F``; ``buffer`` (shaped like ``X``) holds the difference when given, so that a
-    curve over thousands of iterations allocates nothing per iteration."""
-    diff = np.subtract(np.reshape(X_hat, X.shape), X, out=buffer)
+    """``‖X̂ − X‖²_F`` (the sum of ``|·|²``, so complex entries count both parts); ``buffer``
+    (shaped like ``X``) holds the difference when given and of the difference's dtype, so that
+    a curve over thousands of iterations allocates nothing per iteration."""
+    X_hat = np.reshape(X_hat, X.shape)
+    if buffer is not None and buffer.dtype != np.result_type(X_hat, X):
+        buffer = None  # e.g. a complex estimate of real signals: a real buffer cannot hold it
+    diff = np.subtract(X_hat, X, out=buffer)
     # einsum's own loop, not BLAS: a BLAS call here would leave its threads spinning against
     # the solver's threads between iterations
+    if np.iscomplexobj(diff):
+        # |d|² = Re(d)² + Im(d)²: the same loop over the real and imaginary parts side by side
+        # (a view, no copy), or over conj(d) d when the difference is not contiguous
+        if diff.flags.c_contiguous:
+            parts = diff.view(diff.real.dtype)
+            return float(np.einsum("ij,ij->", parts, parts))
+        return float(np.einsum("ij,ij->", diff.conj(), diff).real)
     return float(np.einsum("ij,ij->", diff, diff))
 
 
@@ -363,7 +374,7 @@ def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: b
                 if not staged and hasattr(est, "n_iter_"):
                     n_iter = max(n_iter or 0, int(est.n_iter_))
                 bar.update(min(chunk_size, n_test - lo))
-    curve = 10.0 * np.log10(np.maximum(total, 1e-300) / np.sum(data.X_test ** 2))
+    curve = 10.0 * np.log10(np.maximum(total, 1e-300) / np.sum(np.abs(data.X_test) ** 2))
     if staged:
         n_iter = curve.size
     elif n_iter is None:

@@ -66,6 +66,10 @@ class BernoulliGaussianPrior:
         The variance ``v`` of the non-zero entries.
     n_features : int or None
         ``N``; set by :meth:`fit` or needed before :meth:`sample`.
+    complex_valued : bool, default=False
+        Circularly-symmetric complex non-zeros, ``x_i ~ (1 − p) δ0 + p CN(0, v)`` with
+        ``E|x_i|² = v`` for the non-zeros (one support for the real and imaginary parts);
+        :meth:`fit` sets it from the dtype of ``X``.
 
     Any object with ``sample(n_samples, random_state)`` (and optionally ``fit(X)``) can stand in
     for this class where the learned estimators take a ``signal_prior``.
@@ -74,17 +78,20 @@ class BernoulliGaussianPrior:
     sparsity: float = 0.1
     var: float = 1.0
     n_features: int | None = None
+    complex_valued: bool = False
 
     def fit(self, X: np.ndarray) -> BernoulliGaussianPrior:
-        """Estimate ``p`` (fraction of non-zeros) and ``v`` (mean square of the non-zeros) from X."""
-        X = np.asarray(X, dtype=np.float64)
+        """Estimate ``p`` (fraction of non-zeros) and ``v`` (mean square modulus of the non-zeros)
+        from X; a complex ``X`` makes the prior complex."""
+        self.complex_valued = bool(np.iscomplexobj(X))
+        X = np.asarray(X, dtype=np.complex128 if self.complex_valued else np.float64)
         nz = np.abs(X) > 1e-12 * max(float(np.abs(X).max(initial=0.0)), 1e-300)
         self.n_features = X.shape[1]
         self.sparsity = float(np.clip(nz.mean(), 1.0 / X.size, 1.0))
         active = X[nz]
         # the mean square in units of the largest entry: neither underflows nor overflows
         peak = float(np.abs(active).max()) if active.size else 0.0
-        self.var = float(np.mean((active / peak) ** 2)) * peak**2 if peak > 0 else 1.0
+        self.var = float(np.mean(np.abs(active / peak) ** 2)) * peak**2 if peak > 0 else 1.0
         return self
 
     @property
@@ -99,6 +106,9 @@ class BernoulliGaussianPrior:
         rng = check_random_state(random_state)
         shape = (n_samples, self.n_features)
         support = rng.random_sample(shape) < self.sparsity
+        if self.complex_valued:
+            values = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+            return support * values * np.sqrt(self.var / 2.0)
         return support * rng.standard_normal(shape) * np.sqrt(self.var)
 
     def sample_tensor(self, n_samples: int, *, generator: torch.Generator,
@@ -112,7 +122,11 @@ class BernoulliGaussianPrior:
         if self.n_features is None:
             raise ValueError("BernoulliGaussianPrior.n_features is not set; call fit(X) or pass it.")
         shape = (int(n_samples), int(self.n_features))
-        support = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+        if self.complex_valued and not dtype.is_complex:
+            dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        real = torch.empty((), dtype=dtype).real.dtype
+        support = torch.rand(shape, generator=generator, dtype=real, device=device)
+        # a complex randn draws CN(0, 1): real and imaginary parts of variance 1/2 each
         values = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return values.mul_(math.sqrt(self.var)).masked_fill_(support >= self.sparsity, 0.0)
 
@@ -157,6 +171,7 @@ def make_compressed_sensing(
     random_state=None,
     return_noise_var: bool = False,
     ensemble=False,
+    complex_valued: bool = False,
 ):
     """Generate ``(Y, X, A)`` for a reference problem: ``Y = X Aᵀ + W``.
 
@@ -189,6 +204,12 @@ def make_compressed_sensing(
         ``noiseless``: :class:`~sklearn_unfold.operators.GaussianEnsemble`; ``kappa15``:
         :class:`~sklearn_unfold.operators.ConditionedEnsemble`; ``dct``:
         :class:`~sklearn_unfold.operators.PartialDCTEnsemble`); an ensemble object draws from it.
+    complex_valued : bool, default=False
+        The complex counterpart of ``giid``, ``noiseless`` or ``kappa15``: circularly-symmetric
+        complex Gaussian entries ``CN(0, 1/M)`` (or Haar unitary singular vectors), complex
+        Bernoulli-Gaussian signals ``(1 − p) δ0 + p CN(0, v)`` and noise ``CN(0, σw²)``
+        (``E|w|² = σw²``, the same SNR as the real problem). ``Y``, ``X`` and ``A`` are
+        complex128; a complex ``A`` declares the problem complex to every estimator.
 
     Returns
     -------
@@ -212,6 +233,14 @@ def make_compressed_sensing(
     if isinstance(snr_db, str):
         snr_db = default_snr
     rng = check_random_state(random_state)
+    if complex_valued:
+        if kind not in ("gaussian", "conditioned") or (ensemble is not False
+                                                       and ensemble is not None):
+            raise ValueError(f"complex_valued=True has complex counterparts of the 'giid', "
+                             f"'noiseless' and 'kappa15' problems with one fixed matrix; got "
+                             f"problem={problem!r}, ensemble={ensemble!r}.")
+        return _make_complex(kind, kwargs, n_samples, n_features, n_measurements, sparsity, var,
+                             snr_db, A, rng, return_noise_var)
     if ensemble is not False and ensemble is not None:
         if A is not None:
             raise ValueError("pass either A (one fixed matrix) or ensemble (one per sample).")
@@ -240,6 +269,24 @@ def make_compressed_sensing(
     if return_noise_var:
         return Y, X, A, noise_var
     return Y, X, A
+
+
+def _make_complex(kind, kwargs, n_samples, n_features, n_measurements, sparsity, var, snr_db, A,
+                  rng, return_noise_var):
+    """The complex counterpart of a reference problem (see :func:`make_compressed_sensing`)."""
+    if A is None:
+        make = gaussian_matrix if kind == "gaussian" else conditioned_matrix
+        A = make(n_measurements, n_features, random_state=rng, complex_valued=True, **kwargs)
+    else:
+        A = np.asarray(A, dtype=np.complex128)
+        n_measurements, n_features = A.shape
+    prior = BernoulliGaussianPrior(sparsity, var, n_features, complex_valued=True)
+    X = prior.sample(n_samples, random_state=rng)
+    noise_var = noise_variance_for_snr(snr_db, sparsity, var, n_features, n_measurements)
+    shape = (n_samples, n_measurements)
+    W = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * np.sqrt(noise_var / 2)
+    Y = X @ A.T + W
+    return (Y, X, A, noise_var) if return_noise_var else (Y, X, A)
 
 
 def _problem_ensemble(problem: str, n_measurements: int, n_features: int) -> OperatorEnsemble:

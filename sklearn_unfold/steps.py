@@ -41,11 +41,17 @@ def shrink(r: Tensor, theta: Tensor, support_frac: float = 0.0) -> Tensor:
     the threshold (Chen et al.'s support selection): ``η(r)_i = r_i`` for them,
     ``sign(r_i) max(|r_i| − θ, 0)`` for the rest.
 
-    ``θ`` is a scalar (a 0-d or one-entry tensor) or a per-sample ``(n, 1)`` column.
+    ``θ`` is a scalar (a 0-d or one-entry tensor) or a per-sample ``(n, 1)`` column. For
+    complex ``r`` the modulus is shrunk and the phase kept, ``r · max(|r| − θ, 0)/|r|`` (the
+    proximal map of ``θ Σ|x_i|`` with the complex modulus).
     """
     if isinstance(theta, Tensor) and theta.ndim == 1:
         theta = theta.reshape(())
-    value = torch.sign(r) * torch.relu(r.abs() - theta)
+    if r.is_complex():
+        mag = r.abs()
+        value = r * (torch.relu(mag - theta) / mag.clamp_min(_tiny(mag.dtype)))
+    else:
+        value = torch.sign(r) * torch.relu(r.abs() - theta)
     if support_frac > 0:
         k = min(r.shape[-1], int(math.ceil(support_frac * r.shape[-1])))
         if k > 0:  # the row's k-th largest magnitude, as a cut (faster than scattering indices)
@@ -69,8 +75,8 @@ def ista_step(
 
     .. math:: x_{t+1} = \mathrm{soft}\big(x_t + γ\,B\,(y - A x_t);\ θ\big)
 
-    * ISTA: ``B = Aᵀ`` (``B=None``), ``γ = 1/L``, ``θ = α/L`` with ``L = ‖A‖₂²``;
-    * LISTA-CP: ``B`` learned (initialised at ``Aᵀ/L``), ``γ = 1``;
+    * ISTA: ``B = Aᴴ`` (``B=None``), ``γ = 1/L``, ``θ = α/L`` with ``L = ‖A‖₂²``;
+    * LISTA-CP: ``B`` learned (initialised at ``Aᴴ/L``), ``γ = 1``;
     * ALISTA: ``B`` analytic and fixed, ``γ`` and ``θ`` learned per layer.
     """
     resid = op.residual(y, x)
@@ -84,7 +90,7 @@ def lista_step(x: Tensor, Wy: Tensor, S: Tensor, theta: Tensor, *, support_frac:
 
     .. math:: x_{t+1} = \mathrm{soft}(W y + S x_t;\ θ)
 
-    ``Wy`` is the precomputed ``(n, N)`` batch ``y Wᵀ``. With ``W = Aᵀ/L``, ``S = I − AᵀA/L``,
+    ``Wy`` is the precomputed ``(n, N)`` batch ``y Wᵀ``. With ``W = Aᴴ/L``, ``S = I − AᴴA/L``,
     ``θ = α/L`` this is exactly :func:`ista_step`.
     """
     return shrink(Wy + x @ S.T, theta, support_frac)

@@ -12,6 +12,14 @@ For a Bernoulli-Gaussian ``X`` the expectation has a closed form: with ``r ~ N(0
 
 and ``E[x | r] = v r / (v + τ²)`` on the active part.
 
+For complex signals (``Z ~ CN(0, 1)``, circularly-symmetric non-zeros, the complex soft
+threshold that shrinks the modulus) the modulus ``m = |r|`` of ``r ~ CN(0, s²)`` is Rayleigh
+and, with ``e = exp(−θ²/s²)`` and ``c = θ√π s·erfc(θ/s)``,
+
+.. math::
+    E[(m − θ)_+^2] = s^2 e − c, \\qquad E[m (m − θ)_+] = s^2 e − c/2, \\qquad
+    E\\big[(1 − \\tfrac{θ}{2m}) 1\\{m > θ\\}\\big] = e − \\tfrac{c}{2 s^2}.
+
 **A data fit** (:func:`fit_step_threshold`): the step and threshold of one shrinkage step that
 fit training pairs best, which learned ISTA uses to start each new layer.
 """
@@ -21,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.optimize import minimize, minimize_scalar
-from scipy.special import ndtr
+from scipy.special import erfc, ndtr
 from torch import Tensor
 
 from .steps import shrink
@@ -43,31 +51,59 @@ def _soft_second_moment(s2, theta):
     return 2.0 * ((s2 + theta**2) * _tail(a) - theta * s * _pdf(a))
 
 
-def soft_mse(tau2, lam, sparsity: float, var: float) -> np.ndarray:
-    r"""``E[(soft(X + τZ; λτ) − X)²]`` for ``X ~ (1−p) δ0 + p N(0, v)`` (closed form, broadcast)."""
+def _complex_moments(s2, theta):
+    """``(E[(m−θ)₊²], E[m(m−θ)₊], E[(1 − θ/(2m))1{m>θ}])`` for the modulus of ``CN(0, s²)``."""
+    s = np.sqrt(s2)
+    e = np.exp(-theta**2 / s2)
+    c = theta * np.sqrt(np.pi) * s * erfc(theta / s)
+    return s2 * e - c, s2 * e - 0.5 * c, e - 0.5 * c / s2
+
+
+def soft_mse(tau2, lam, sparsity: float, var: float, *, complex_signals: bool = False
+             ) -> np.ndarray:
+    r"""``E[|soft(X + τZ; λτ) − X|²]`` for ``X ~ (1−p) δ0 + p N(0, v)`` (closed form, broadcast).
+
+    With ``complex_signals=True``: ``X ~ (1−p) δ0 + p CN(0, v)``, ``Z ~ CN(0, 1)`` and the
+    complex soft threshold; the active part uses ``E[x | r] = v r/(v + τ²)``, so that
+    ``E|η − x|² = E|η|² − 2\frac{v}{v+τ^2}E[|r|(|r| − θ)_+] + v``.
+    """
     tau2 = np.asarray(tau2, dtype=np.float64)
     theta = np.asarray(lam, dtype=np.float64) * np.sqrt(tau2)
+    if complex_signals:
+        inactive = _complex_moments(tau2, theta)[0]
+        s2 = var + tau2
+        sq, cross, _ = _complex_moments(s2, theta)
+        return (1.0 - sparsity) * inactive + sparsity * (sq - 2.0 * var / s2 * cross + var)
     inactive = _soft_second_moment(tau2, theta)
     s2 = var + tau2
     active = _soft_second_moment(s2, theta) - 4.0 * var * _tail(theta / np.sqrt(s2)) + var
     return (1.0 - sparsity) * inactive + sparsity * active
 
 
-def soft_active_rate(tau2, lam, sparsity: float, var: float) -> np.ndarray:
-    """``P(|X + τZ| > λτ)``: the expected fraction of non-zeros in the soft-threshold output."""
+def soft_active_rate(tau2, lam, sparsity: float, var: float, *, complex_signals: bool = False
+                     ) -> np.ndarray:
+    """``E[η'(X + τZ)]``: ``P(|X + τZ| > λτ)`` (the expected fraction of non-zeros in the
+    soft-threshold output) for real signals, ``E[(1 − λτ/(2|r|)) 1{|r| > λτ}]`` for complex."""
     tau2 = np.asarray(tau2, dtype=np.float64)
     lam = np.asarray(lam, dtype=np.float64)
+    if complex_signals:
+        theta = lam * np.sqrt(tau2)
+        return ((1.0 - sparsity) * _complex_moments(tau2, theta)[2]
+                + sparsity * _complex_moments(var + tau2, theta)[2])
     return (1.0 - sparsity) * 2.0 * _tail(lam) + sparsity * 2.0 * _tail(
         lam * np.sqrt(tau2) / np.sqrt(var + tau2))
 
 
 def soft_state_evolution(lam, sparsity: float, var: float, noise_var: float, ratio: float,
-                         n_iter: int = 500, rtol: float = 1e-10) -> np.ndarray:
-    """Fixed point ``τ²_∞`` of soft-threshold AMP's state evolution for each ``λ`` (``ratio = M/N``)."""
+                         n_iter: int = 500, rtol: float = 1e-10, *,
+                         complex_signals: bool = False) -> np.ndarray:
+    """Fixed point ``τ²_∞`` of soft-threshold AMP's state evolution for each ``λ`` (``ratio = M/N``;
+    complex signals and noise with ``complex_signals=True``)."""
     lam = np.atleast_1d(np.asarray(lam, dtype=np.float64))
     tau2 = np.full(lam.shape, noise_var + sparsity * var / ratio)
     for _ in range(n_iter):
-        new = noise_var + soft_mse(tau2, lam, sparsity, var) / ratio
+        new = noise_var + soft_mse(tau2, lam, sparsity, var,
+                                   complex_signals=complex_signals) / ratio
         done = np.all(np.abs(new - tau2) <= rtol * new)
         tau2 = new
         if done:
@@ -76,7 +112,7 @@ def soft_state_evolution(lam, sparsity: float, var: float, noise_var: float, rat
 
 
 def soft_threshold_for_prior(sparsity: float, var: float, noise_var: float, ratio: float,
-                             algorithm: str = "amp") -> float:
+                             algorithm: str = "amp", *, complex_signals: bool = False) -> float:
     """The soft threshold multiplier ``λ`` with the lowest state-evolution fixed point.
 
     ``ratio`` is ``M/N``. VAMP (``algorithm="vamp"``) uses AMP's value: both then approach the
@@ -85,29 +121,34 @@ def soft_threshold_for_prior(sparsity: float, var: float, noise_var: float, rati
     """
     if var > 0:
         var, noise_var = 1.0, noise_var / var
+    kw = {"complex_signals": complex_signals}
     grid = np.linspace(0.2, 4.0, 39)
-    best = float(grid[np.argmin(soft_state_evolution(grid, sparsity, var, noise_var, ratio))])
+    best = float(grid[np.argmin(soft_state_evolution(grid, sparsity, var, noise_var, ratio,
+                                                     **kw))])
     res = minimize_scalar(
-        lambda lam: float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0]),
+        lambda lam: float(soft_state_evolution(lam, sparsity, var, noise_var, ratio, **kw)[0]),
         bounds=(max(best - 0.1, 0.05), best + 0.1), method="bounded",
         options={"xatol": 1e-4})
     return float(res.x)
 
 
-def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: float) -> float:
+def lasso_alpha_for_prior(sparsity: float, var: float, noise_var: float, ratio: float, *,
+                          complex_signals: bool = False) -> float:
     r"""The LASSO weight ``α`` whose solution AMP-soft with the best threshold converges to.
 
     AMP-soft with threshold ``λτ`` has the LASSO fixed point with (Donoho-Maleki-Montanari
-    calibration) ``α = λτ (1 − (N/M) P(|X + τZ| > λτ))``, ``τ²`` the state-evolution fixed point.
+    calibration) ``α = λτ (1 − (N/M) E[η'])``, ``τ²`` the state-evolution fixed point and ``E[η']``
+    the :func:`soft_active_rate` (``P(|X + τZ| > λτ)`` for real signals).
     Computed in units of the prior's variance and scaled back (``α`` scales with ``√var``), so
     it is exactly proportional to the data's scale.
     """
     unit = float(np.sqrt(var)) if var > 0 else 1.0
     if var > 0:
         var, noise_var = 1.0, noise_var / var
-    lam = soft_threshold_for_prior(sparsity, var, noise_var, ratio)
-    tau2 = float(soft_state_evolution(lam, sparsity, var, noise_var, ratio)[0])
-    rate = float(soft_active_rate(tau2, lam, sparsity, var))
+    kw = {"complex_signals": complex_signals}
+    lam = soft_threshold_for_prior(sparsity, var, noise_var, ratio, **kw)
+    tau2 = float(soft_state_evolution(lam, sparsity, var, noise_var, ratio, **kw)[0])
+    rate = float(soft_active_rate(tau2, lam, sparsity, var, **kw))
     return float(unit * lam * np.sqrt(tau2) * max(1.0 - rate / ratio, 1e-3))
 
 
@@ -156,19 +197,19 @@ def fit_step_threshold(x: Tensor, update: Tensor, target: Tensor, theta0: float,
         ``nmse_db_after``, on the rows used.
     """
     x, u, X = x[:max_samples], update[:max_samples], target[:max_samples]
-    energy = float((X * X).sum().clamp_min(torch.finfo(X.dtype).tiny))
-    tiny = float(torch.finfo(x.dtype).tiny) ** 0.5
+    energy = float((X.abs() ** 2).sum().clamp_min(torch.finfo(X.real.dtype).tiny))
+    tiny = float(torch.finfo(x.real.dtype).tiny) ** 0.5
 
     def nmse(step: float, theta: float) -> float:
-        th = torch.full((1,), max(theta, 0.0), dtype=x.dtype, device=x.device)
-        err = float(((shrink(x + step * u, th, support_frac) - X) ** 2).sum()) / energy
+        th = torch.full((1,), max(theta, 0.0), dtype=x.real.dtype, device=x.device)
+        err = float(((shrink(x + step * u, th, support_frac) - X).abs() ** 2).sum()) / energy
         return err if np.isfinite(err) else np.inf
 
     theta0 = max(float(theta0), tiny)
     best = (nmse(1.0, theta0), 1.0, theta0)
     before = best[0]
     steps = np.geomspace(0.25, 8.0, 6) if tune_step else np.ones(1)
-    levels = torch.tensor([0.6, 0.8, 0.9, 0.95, 0.98], dtype=x.dtype, device=x.device)
+    levels = torch.tensor([0.6, 0.8, 0.9, 0.95, 0.98], dtype=x.real.dtype, device=x.device)
     stride = max(1, x.numel() // 65536)  # quantiles of a regular subsample of the entries
     for step in steps:
         quant = torch.quantile((x + float(step) * u).abs().flatten()[::stride], levels).tolist()

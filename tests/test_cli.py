@@ -192,6 +192,29 @@ def test_quick_is_described_in_the_help(capsys):
     assert "--quick" in text and "N=250, M=125" in text and "smaller, faster run" in text
 
 
+def test_ofdm_problem_is_described_in_the_help(capsys):
+    from sklearn_unfold.channel_comparison import CHANNEL_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ofdm" in text and "--n-pilots" in text and "--snr-db" in text
+    assert "ofdm only" in text and "not with ofdm" in text
+    for name in CHANNEL_METHODS:
+        assert name in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--problem", "ofdm", "--n-features", "100"], "--n-features"),
+    (["compare", "--problem", "giid", "--snr-db", "10"], "--snr-db"),
+])
+def test_problem_specific_options_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_missing_matplotlib_says_how_to_install(monkeypatch, capsys):
     import sys
 

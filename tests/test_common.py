@@ -2,7 +2,14 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_unfold import AMPRegressor, FISTARegressor, ISTARegressor, VAMPRegressor
+from sklearn_unfold import (
+    AMPRegressor,
+    FISTARegressor,
+    ISTARegressor,
+    LinearMMSERegressor,
+    OMPRegressor,
+    VAMPRegressor,
+)
 
 
 def _estimators():
@@ -12,6 +19,9 @@ def _estimators():
         AMPRegressor(max_iter=50),
         AMPRegressor(denoiser="soft", max_iter=50),
         VAMPRegressor(max_iter=50),
+        LinearMMSERegressor(),
+        LinearMMSERegressor(covariance="full"),
+        OMPRegressor(),
     ]
     return ests
 
@@ -25,7 +35,8 @@ def test_every_classical_estimator_is_checked():
     """The learned estimators run the same checks in tests/test_learned_estimators.py."""
     import sklearn_unfold
 
-    classical = {"ISTARegressor", "FISTARegressor", "AMPRegressor", "VAMPRegressor"}
+    classical = {"ISTARegressor", "FISTARegressor", "AMPRegressor", "VAMPRegressor",
+                 "LinearMMSERegressor", "OMPRegressor"}
     assert classical <= set(sklearn_unfold.__all__)
     assert {type(est).__name__ for est in _estimators()} == classical
     learned = {"LISTARegressor", "LAMPRegressor", "LDVAMPRegressor"}

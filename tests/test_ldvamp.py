@@ -218,3 +218,38 @@ def test_finite_on_ill_conditioned_matrix(condition_number):
         outs = net(Y, op)
     assert all(torch.isfinite(x).all() for x in outs)
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("damping", [0.5, 0.8])
+def test_damped_init_equals_damped_vamp_iterates(damping):
+    """With damping < 1 the untrained network is damped VAMP, layer by layer."""
+    Y, _, A, noise_var = make_compressed_sensing("kappa15", 40, n_features=N, n_measurements=M,
+                                                 random_state=0, return_noise_var=True)
+    theta = bg_theta(P, V)
+    net = LDVAMPNetwork.from_vamp(A, "bg", theta, noise_var, P * V, 7, damping=damping,
+                                  dtype=torch.float64)
+    Y = torch.as_tensor(Y)
+    with torch.no_grad():
+        outs = net(Y, as_operator(A))
+        ref = list(vamp_iterates(Y, A, get_denoiser("bg"), torch.as_tensor(theta), noise_var,
+                                 P * V, max_iter=7, tol=0.0, damping=damping))
+    for out, x in zip(outs, ref, strict=True):
+        torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-10)
+    # one learned damping per layer from the second on, reported (with 1 for the first)
+    assert len(net.damping) == 6
+    np.testing.assert_array_equal(net.layer_summary()["damping"], [1.0] + [damping] * 6)
+    undamped = LDVAMPNetwork.from_vamp(A, "bg", theta, noise_var, P * V, 7)
+    n_params = sum(p.numel() for p in net.parameters())
+    assert n_params == sum(p.numel() for p in undamped.parameters()) + 6
+    assert "damping" not in undamped.layer_summary()
+    with pytest.raises(ValueError, match=r"damping must be in \(0, 1\]; got 1.5"):
+        LDVAMPNetwork.from_vamp(A, "bg", theta, noise_var, P * V, 3, damping=1.5)
+
+
+def test_learned_damping_trains_and_stays_in_range(problem):
+    Y, _, A, noise_var = problem
+    net = LDVAMPNetwork.from_vamp(A, "bg", bg_theta(P, V), noise_var, P * V, 4, damping=0.9)
+    _train(net, A, noise_var, n_steps=30, lr=0.05)
+    beta = net.layer_summary()["damping"]
+    assert np.all((beta >= 0.05) & (beta <= 1.0))
+    assert not np.allclose(beta[1:], 0.9)  # gradients reach the dampings

@@ -221,3 +221,123 @@ def test_save_refuses_other_callables(data, tmp_path, value):
     with pytest.raises(TypeError, match=r"(?s)estimator.params\['denoiser'\].*pickle or joblib"):
         save(est, tmp_path / "x.sfu")
     assert not (tmp_path / "x.sfu").exists()
+
+
+# --------------------------------------------------------------------------- complex payloads
+@pytest.fixture(scope="module")
+def complex_file(tmp_path_factory, data):
+    """An AMP model with a complex tensor, a complex array, a real tensor and a complex number."""
+    path = tmp_path_factory.mktemp("complex") / "complex.sfu"
+    est = sklearn_unfold.AMPRegressor(A=data[2], max_iter=5).fit(data[0], data[1])
+    rng = np.random.default_rng(0)
+    est.extra_ = {"t": torch.randn(3, 4, dtype=torch.complex128),
+                  "a": rng.standard_normal((3, 2)) + 1j * rng.standard_normal((3, 2)),
+                  "r": torch.arange(5.0), "z": 1.5 - 2j}
+    save(est, path)
+    return path
+
+
+def _complex_crafted(src: Path, bad: Path, case: str) -> None:
+    def edit(header):
+        extra = header["estimator"]["attributes"]["extra_"]
+        t, a, r, z = extra["t"], extra["a"], extra["r"], extra["z"]
+        if case == "flag-not-true":
+            t["complex"] = 1
+        elif case == "flag-false":
+            t["complex"] = False
+        elif case == "in-version-2":
+            header["format_version"] = 2
+        elif case == "newer-version":
+            header["format_version"] = 4
+        elif case == "flag-on-byte-array":
+            t["key"] = a["key"]
+        elif case == "flag-on-real-tensor":
+            r["complex"] = True
+        elif case == "bad-order":
+            t["order"] = [0, 0]
+        elif case == "strides-field":
+            t["strides"] = [4, 1]
+        elif case == "array-itemsize":
+            a["dtype"] = "<c8"
+        elif case == "array-c32":
+            a["dtype"] = "<c32"
+        elif case == "array-shape":
+            a["shape"] = [3, 3]
+        elif case == "scalar-string-part":
+            z["real"] = "1.5"
+        elif case == "scalar-bool-part":
+            z["imag"] = True
+        elif case == "scalar-missing-part":
+            del z["imag"]
+        elif case == "scalar-bad-float-tag":
+            z["real"] = {"__type__": "float", "value": "1e5"}
+        else:  # pragma: no cover
+            raise AssertionError(case)
+
+    _rewrite(src, bad, edit_header=edit)
+
+
+COMPLEX_CRAFTED = {
+    "flag-not-true": r"invalid 'complex' field '1' of tensor 't\d+' \(true or absent\)",
+    "flag-false": r"invalid 'complex' field 'False'",
+    "in-version-2": r"damaged: a file of format version 2 holds a complex (tensor|number), which "
+                    r"only format version 3",
+    "newer-version": r"format version 4 is newer than this sklearn_unfold reads \(3\)",
+    "flag-on-byte-array": r"damaged: complex tensor t\d+ is stored as a torch.uint8 tensor of shape "
+                          r"\[96\], not as float32 or float64 \(real, imaginary\) pairs",
+    "flag-on-real-tensor": r"damaged: complex tensor t\d+ is stored as a torch.float32 tensor of "
+                           r"shape \[5\]",
+    "bad-order": r"invalid axis order \[0, 0\] for 2 axes",
+    "strides-field": r"'tensor' entry has fields \['complex', 'device', 'key', 'requires_grad', "
+                     r"'strides'\]",
+    "array-itemsize": r"damaged: array t\d+ holds 96 bytes, not the 48 of a complex64 array",
+    "array-c32": r"refusing array dtype '<c32'",
+    "array-shape": r"damaged: array t\d+ holds 96 bytes, not the 144 of a complex128 array",
+    "scalar-string-part": r"invalid complex number with parts \['1.5', -2.0\]",
+    "scalar-bool-part": r"invalid complex number with parts \[1.5, True\]",
+    "scalar-missing-part": r"a 'complex' entry has fields \['real'\]; expected \['imag', 'real'\]",
+    "scalar-bad-float-tag": r"invalid float '1e5'",
+}
+
+
+def test_complex_file_loads(complex_file):
+    extra = load(complex_file).extra_
+    assert extra["t"].dtype == torch.complex128 and extra["a"].dtype == np.complex128
+    assert extra["z"] == 1.5 - 2j and extra["r"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", list(COMPLEX_CRAFTED))
+def test_tampered_complex_payload_is_refused(complex_file, tmp_path, case):
+    bad = tmp_path / "bad.sfu"
+    _complex_crafted(complex_file, bad, case)
+    with pytest.raises(ValueError, match=rf"(?s)bad\.sfu.*{COMPLEX_CRAFTED[case]}"):
+        load(bad)
+
+
+def test_damaged_complex_tensor_bytes_are_refused(complex_file, tmp_path):
+    bad = tmp_path / "bad.sfu"
+    bad.write_bytes(base._corrupt_stored_bytes(complex_file.read_bytes(), "tensors.safetensors"))
+    with pytest.raises(ValueError, match=r"(?s)bad\.sfu.*not a readable sklearn-unfold model file"
+                                         r".*Bad CRC-32"):
+        load(bad)
+
+
+@pytest.mark.parametrize("dtype", ["C64", "C128", "c64"])
+def test_safetensors_complex_dtypes_are_refused(complex_file, tmp_path, dtype):
+    """The tensor member holds only the dtypes this format writes; complex tensors are stored as
+    float pairs, never under a complex safetensors dtype."""
+    table = {"t0": {"dtype": dtype, "shape": [2], "data_offsets": [0, 16]}}
+    text = json.dumps(table).encode()
+    bad = tmp_path / "bad.sfu"
+    with zipfile.ZipFile(complex_file) as zin, zipfile.ZipFile(bad, "w") as zout:
+        zout.writestr("params.json", zin.read("params.json"))
+        zout.writestr("tensors.safetensors", len(text).to_bytes(8, "little") + text + bytes(16))
+    with pytest.raises(ValueError, match=rf"(?s)bad\.sfu.*tensor 't0' has dtype '{dtype}', not one of"):
+        load(bad)
+
+
+def test_real_file_labelled_version_3_loads(amp_file, tmp_path, data):
+    """Version 3 only adds entries: a version-2 description read as version 3 is the same model."""
+    relabelled = tmp_path / "v3.sfu"
+    _rewrite(amp_file, relabelled, edit_header=lambda h: h.update(format_version=3))
+    np.testing.assert_array_equal(_predict(load(relabelled), data[0]), _predict(load(amp_file), data[0]))

@@ -33,9 +33,16 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_feature_names,
+    _check_n_features,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
 from ..datasets import BernoulliGaussianPrior
+from ..metrics import complex_r2_score
 from ..operators import LinearOperator, as_operator
 from ..operators.ensembles import OperatorEnsemble
 from ._validation import (
@@ -51,10 +58,12 @@ from ._validation import (
     _Summary,
     _summary,
     _warn_scale_mismatch,
+    check_complex_data,
     check_operator,
     check_sample_operators,
     check_sensing_matrix,
     estimate_sensing_matrix,
+    is_complex_operator,
 )
 
 #: The ``A`` parameter of every estimator's docstring (its ``%A%`` placeholder).
@@ -137,23 +146,27 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None: "
                 "fit(Y, X) needs the signals X behind the measurements Y."
             )
-        _check_input_form(self, Y=Y, X=X)
-        X = check_array(X, dtype=np.float64, ensure_2d=False, ensure_all_finite=False,
-                        input_name="X")
-        _check_finite("X", X)
-        Y, X = validate_data(
-            self, Y, X, multi_output=True, y_numeric=True, dtype=np.float64,
-            ensure_all_finite=False,
-        )
-        _check_finite("Y", Y)
-        X = X.astype(np.float64, copy=False)
+        self.is_complex_ = is_complex_operator(self.A) or is_complex_operator(operator)
+        _check_input_form(self, Y=Y, X=X, allow_complex=self.is_complex_)
+        if self.is_complex_:
+            Y, X = self._validate_complex_data(Y, X, reset=True)
+        else:
+            X = check_array(X, dtype=np.float64, ensure_2d=False, ensure_all_finite=False,
+                            input_name="X")
+            _check_finite("X", X)
+            Y, X = validate_data(
+                self, Y, X, multi_output=True, y_numeric=True, dtype=np.float64,
+                ensure_all_finite=False,
+            )
+            _check_finite("Y", Y)
+            X = X.astype(np.float64, copy=False)
         self._target_1d = X.ndim == 1
         X2 = X.reshape(-1, 1) if X.ndim == 1 else X
         n, M, N = Y.shape[0], Y.shape[1], X2.shape[1]
         _check_scale("Y", Y)
         _check_scale("X", X2)
         try:
-            fit_op = check_sample_operators(operator, n, M, N)
+            fit_op = check_sample_operators(operator, n, M, N, allow_complex=self.is_complex_)
         except ValueError as exc:
             _reraise_if_swapped(exc, getattr(operator, "shape", np.shape(operator)), M, N)
             raise
@@ -172,14 +185,14 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             self.operator_ = as_operator(self.A_)
         elif _is_dense_matrix(self.A):
             try:
-                self.A_ = check_sensing_matrix(self.A, M, N)
+                self.A_ = check_sensing_matrix(self.A, M, N, allow_complex=self.is_complex_)
             except ValueError as exc:
                 _reraise_if_swapped(exc, np.shape(self.A), M, N)
                 raise
             self.operator_ = as_operator(self.A_)
         else:
             try:
-                self.operator_ = check_operator(self.A, M, N)
+                self.operator_ = check_operator(self.A, M, N, allow_complex=self.is_complex_)
             except ValueError as exc:
                 _reraise_if_swapped(exc, getattr(self.A, "shape", ()), M, N)
                 raise
@@ -200,12 +213,29 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                     "were measured with (fit(Y, X, operator=...)) or set noise_var.")
             X_t = torch.from_numpy(np.require(X2, requirements=["C", "W"]))
             resid = Y - fit_op.forward(X_t).numpy()
-            # a floor relative to the measurements' power (noiseless pairs estimate ~0)
-            floor = max(1e-10 * float(np.mean(Y**2)), float(_F64.tiny))
-            self.noise_var_ = max(float(np.mean(resid**2)), floor)
+            # a floor relative to the measurements' power (noiseless pairs estimate ~0); for
+            # complex data the variance is E|w|² (circularly-symmetric noise)
+            floor = max(1e-10 * float(np.mean(np.abs(Y) ** 2)), float(_F64.tiny))
+            self.noise_var_ = max(float(np.mean(np.abs(resid) ** 2)), floor)
         else:
             self.noise_var_ = float(self.noise_var)
         return Y, X2, fit_op
+
+    def _validate_complex_data(self, Y, X=None, *, reset: bool):
+        """Validate the data of a complex problem: complex128 arrays, finite, with scikit-learn's
+        ``n_features_in_`` / ``feature_names_in_`` bookkeeping (``validate_data`` refuses
+        complex input, as its estimator checks require of a default, real estimator)."""
+        names_source = Y
+        Y = check_complex_data("Y", Y)
+        _check_n_features(self, Y, reset=reset)
+        _check_feature_names(self, names_source, reset=reset)
+        if X is None:
+            return Y
+        X = check_complex_data("X", X, ensure_2d=False)
+        if X.ndim not in (1, 2):
+            raise ValueError(f"X must be 2-D, of shape (n_samples, n_features), or 1-D; got "
+                             f"{X.ndim}-D input of shape {X.shape}.")
+        return Y, X
 
     def _n_signal_features(self) -> int:
         """``N``, the length of the signals (columns of the training ``X``)."""
@@ -215,12 +245,17 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
     def _validate_predict_data(self, Y, operator=None) -> tuple[np.ndarray, LinearOperator]:
         """Validate ``Y`` and find the operator of each sample (given, or the fitted one)."""
         check_is_fitted(self)
-        _check_input_form(self, Y=Y)
-        Y = validate_data(self, Y, reset=False, dtype=np.float64, ensure_all_finite=False)
-        _check_finite("Y", Y)
+        complex_problem = self._is_complex()
+        _check_input_form(self, Y=Y, allow_complex=complex_problem)
+        if complex_problem:
+            Y = self._validate_complex_data(Y, reset=False)
+        else:
+            Y = validate_data(self, Y, reset=False, dtype=np.float64, ensure_all_finite=False)
+            _check_finite("Y", Y)
         _check_scale("Y", Y)
         _warn_scale_mismatch(Y, self._typical_rms())
-        op = check_sample_operators(operator, Y.shape[0], Y.shape[1], self._n_signal_features())
+        op = check_sample_operators(operator, Y.shape[0], Y.shape[1], self._n_signal_features(),
+                                    allow_complex=complex_problem)
         if op is None:
             op = self.operator_
         if op is None:
@@ -230,10 +265,18 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                 "operator of each sample, predict(Y, operator=...).")
         return Y, op
 
+    def _is_complex(self) -> bool:
+        """Whether the fitted problem is complex (declared by its operator at ``fit``)."""
+        return bool(getattr(self, "is_complex_", False))
+
+    def _output_dtype(self) -> type:
+        """What ``predict`` returns: float64, or complex128 for a complex problem."""
+        return np.complex128 if self._is_complex() else np.float64
+
     def _format_output(self, X_hat: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(X_hat, torch.Tensor):
             X_hat = X_hat.detach().cpu().numpy()
-        X_hat = np.array(X_hat, dtype=np.float64, copy=True)
+        X_hat = np.array(X_hat, dtype=self._output_dtype(), copy=True)
         return X_hat.ravel() if self._target_1d else X_hat
 
     def _chunks(self, Y: np.ndarray, op: LinearOperator):
@@ -266,7 +309,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
             else:
                 dest[...] = block  # to float64 first: a float32 product could underflow
                 dest *= scale
-        total = float(np.sum(dest))  # one reduction: finite iff every entry is
+        total = np.sum(dest)  # one reduction: finite iff every entry is
         if not np.isfinite(total) and not np.isfinite(dest).all():
             n_bad = int((~np.isfinite(dest).reshape(dest.shape[0], -1).all(axis=1)).sum())
             seen = f"the largest |Y| seen is {_max_abs(Y):.3g}"
@@ -318,7 +361,8 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         Returns
         -------
         X_hat : ndarray of shape (n_samples, n_features), float64
-            (``(n_samples,)`` when the training targets were 1-D).
+            (``(n_samples,)`` when the training targets were 1-D; complex128 for a complex
+            problem).
 
         Raises
         ------
@@ -337,7 +381,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                                               chunk_op), start=1):
                 last = x
             if out is None:  # preallocate, so the output is never held twice (bounded memory)
-                out = np.empty((Y.shape[0],) + tuple(last.shape[1:]), dtype=np.float64)
+                out = np.empty((Y.shape[0],) + tuple(last.shape[1:]), dtype=self._output_dtype())
             start += self._write_block(out, start, last, Y, scale)
             n_iter = max(n_iter, steps)
             self._report_chunk(index, n_chunks, chunk.shape[0], steps)
@@ -388,7 +432,7 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
                     lasts[i], steps[i], advanced = x, steps[i] + 1, True
             if not advanced:
                 return
-            out = np.empty((Y.shape[0],) + tuple(lasts[0].shape[1:]), dtype=np.float64)
+            out = np.empty((Y.shape[0],) + tuple(lasts[0].shape[1:]), dtype=self._output_dtype())
             start = 0
             for x in lasts:
                 start += self._write_block(out, start, x, Y, scale)
@@ -396,6 +440,10 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None, operator=None) -> float:
         """The coefficient of determination ``R²`` of ``predict(X)`` against the signals ``y``.
+
+        For a complex problem the squared errors are ``|·|²``
+        (:func:`~sklearn_unfold.metrics.complex_r2_score`, which equals scikit-learn's
+        ``r2_score`` on real data).
 
         Parameters
         ----------
@@ -411,8 +459,11 @@ class RecoveryEstimatorBase(RegressorMixin, BaseEstimator):
         -------
         score : float
         """
-        return float(r2_score(y, self.predict(X, operator=operator),
-                              sample_weight=sample_weight))
+        X_hat = self.predict(X, operator=operator)
+        if self._is_complex():
+            return float(complex_r2_score(check_complex_data("y", y, ensure_2d=False), X_hat,
+                                          sample_weight=sample_weight))
+        return float(r2_score(y, X_hat, sample_weight=sample_weight))
 
     def _chunk_iterator(self):
         """``(chunk, op) -> iterates``, made once per ``predict`` call (per-call preparation)."""

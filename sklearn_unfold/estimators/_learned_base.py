@@ -197,7 +197,11 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         prior = None if self.signal_prior_ is None else _ScaledPrior(self.signal_prior_, scale)
         module, start, resumed = self._initial_module(device, dtype, seed, fit_op)
 
-        to_t = lambda a: torch.as_tensor(a, dtype=dtype).to(device)  # noqa: E731
+        if self._is_complex():  # the parameters stay real where they are scalars
+            dtype_data = torch.complex64 if dtype == torch.float32 else torch.complex128
+        else:
+            dtype_data = dtype
+        to_t = lambda a: torch.as_tensor(a, dtype=dtype_data).to(device)  # noqa: E731
         n = Y.shape[0]
         n_val = validation_size(self.validation_fraction, n)
         perm = rng.permutation(n)
@@ -208,7 +212,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         if ensemble is not None:
             signals = prior if prior is not None else to_t(X[train])
             batches = SyntheticBatches(signals, ensemble, noise_var, self.batch_size, rng,
-                                       dtype=dtype, device=device,
+                                       dtype=dtype_data, device=device,
                                        operators_per_batch=self.operators_per_batch)
         elif prior is not None:
             if fit_op.per_sample:
@@ -217,7 +221,7 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
                     "operators and no ensemble to draw from, leave signal_prior=None (or pass the "
                     "ensemble the operators come from as A).")
             batches = SyntheticBatches(prior, fit_op.to(dtype, device),
-                                       noise_var, self.batch_size, rng, dtype=dtype,
+                                       noise_var, self.batch_size, rng, dtype=dtype_data,
                                        device=device)
         else:
             batches = PairBatches(to_t(Y[train]), to_t(X[train]), self.batch_size, rng,
@@ -227,7 +231,8 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
         else:  # an ensemble without the pairs' operators: measure the held-out signals afresh,
             # through one fresh draw per 10 signals (a tenth of the memory of one per signal)
             held_out = SyntheticBatches(to_t(X[val]), ensemble, noise_var, len(val),
-                                        check_random_state(seed), dtype=dtype, device=device,
+                                        check_random_state(seed), dtype=dtype_data,
+                                        device=device,
                                         operators_per_batch=max(1, len(val) // 10))
             validation = held_out()
         steps_per_epoch = math.ceil(len(train) / min(self.batch_size, len(train)))
@@ -370,8 +375,12 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
     # ------------------------------------------------------------------ predict
     def _iterate(self, Y: np.ndarray, op, forward=None):
         ref = next(self.module_.parameters())
-        Yt = torch.as_tensor(np.require(Y, requirements=["C", "W"]), dtype=ref.dtype).to(ref.device)
-        op = op.to(dtype=ref.dtype, device=ref.device)
+        dtype = ref.real.dtype
+        data_dtype = ((torch.complex64 if dtype == torch.float32 else torch.complex128)
+                      if np.iscomplexobj(Y) else dtype)
+        Yt = torch.as_tensor(np.require(Y, requirements=["C", "W"]), dtype=data_dtype).to(
+            ref.device)
+        op = op.to(dtype=dtype, device=ref.device)
         self.module_.check_operator(op, Yt.shape[0])
         with torch.no_grad():
             outputs = list((forward or self.module_)(Yt, op))

@@ -53,18 +53,62 @@ def _is_large(value) -> bool:
         isinstance(value, (list, tuple)) and len(value) > 0 and np.ndim(value) >= 2)
 
 
-def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int | None = None
-                         ) -> np.ndarray:
-    """Validate a user-given sensing matrix and return it as a float64 array.
+def is_complex_operator(A) -> bool:
+    """Whether ``A`` (an array, tensor, sparse matrix, operator or ensemble) is complex: the
+    problem it defines then has complex measurements and signals."""
+    if A is None:
+        return False
+    if isinstance(A, LinearOperator):
+        return A.is_complex
+    if isinstance(A, OperatorEnsemble):
+        return bool(getattr(A, "is_complex", False))
+    if isinstance(A, torch.Tensor):
+        return A.is_complex()
+    dtype = getattr(A, "dtype", None)
+    if dtype is not None:
+        try:
+            return np.issubdtype(np.dtype(dtype), np.complexfloating)
+        except TypeError:
+            return False
+    try:
+        return np.iscomplexobj(np.asarray(A))
+    except Exception:  # not array-like: validated (and refused) elsewhere
+        return False
+
+
+def check_complex_data(name: str, arr, *, ensure_2d: bool = True) -> np.ndarray:
+    """``arr`` as a C-contiguous complex128 array, checked numeric and finite.
+
+    The complex counterpart of scikit-learn's ``check_array`` for the data of a problem declared
+    complex by its operator (``check_array`` refuses complex input).
+    """
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu().numpy()
+    out = np.asarray(arr)
+    if out.dtype == object or not (np.issubdtype(out.dtype, np.number) or out.dtype == bool):
+        raise ValueError(f"{name} must be numeric (real or complex); got an array of dtype "
+                         f"{out.dtype}.")
+    if ensure_2d and out.ndim != 2:
+        raise ValueError(f"{name} must be 2-D; got {out.ndim}-D input of shape {out.shape}.")
+    out = np.ascontiguousarray(out, dtype=np.complex128)
+    _check_finite(name, out)
+    return out
+
+
+def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int | None = None,
+                         *, allow_complex: bool = False) -> np.ndarray:
+    """Validate a user-given sensing matrix and return it as a float64 array (complex128 when
+    ``allow_complex`` and ``A`` is complex).
 
     Raises a ``ValueError`` that names ``A`` and the shapes seen when it is not 2-D, holds NaN or
     inf, has an all-zero column, or does not match the data's widths.
     """
     if isinstance(A, torch.Tensor):
         A = A.detach().cpu().numpy()
-    if np.iscomplexobj(A):
-        raise ValueError(f"A is complex ({np.asarray(A).dtype}): Complex data not supported; "
-                         "complex-valued operators are not supported yet.")
+    complex_a = np.iscomplexobj(A)
+    if complex_a and not allow_complex:
+        raise ValueError(f"A is complex ({np.asarray(A).dtype}): Complex data not supported "
+                         "here.")
     if not sp.issparse(A) and np.ndim(A) == 3:
         raise ValueError(
             f"A has shape {np.shape(A)}: a batch of per-sample operators. The constructor's A is "
@@ -73,8 +117,11 @@ def check_sensing_matrix(A, n_measurements: int | None = None, n_features: int |
     if not sp.issparse(A) and np.ndim(A) != 2:
         raise ValueError(f"A must be a 2-D array of shape (n_measurements, n_features); got "
                          f"{np.ndim(A)}-D input of shape {np.shape(A)}.")
-    A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1,
-                    ensure_all_finite=False)
+    if complex_a:
+        A = check_complex_data("A", A.toarray() if sp.issparse(A) else A)
+    else:
+        A = check_array(A, dtype=np.float64, input_name="A", ensure_min_samples=1,
+                        ensure_all_finite=False)
     _check_finite("A", A)
     if n_measurements is not None and A.shape[0] != n_measurements:
         raise ValueError(
@@ -135,9 +182,12 @@ def estimate_sensing_matrix(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 
 def _max_abs(arr: np.ndarray) -> float:
-    """``max |arr|`` in two reductions, without a temporary of the input's size (0 when empty)."""
+    """``max |arr|`` in two reductions, without a temporary of the input's size (0 when empty;
+    the largest modulus of a complex array)."""
     if arr.size == 0:
         return 0.0
+    if np.iscomplexobj(arr):
+        return float(np.abs(arr).max())
     return float(max(arr.max(), -arr.min()))
 
 
@@ -146,7 +196,7 @@ def _rms(arr: np.ndarray) -> float:
     peak = _max_abs(arr)
     if peak == 0.0:
         return 0.0
-    return peak * float(np.sqrt(np.mean(np.square(arr / peak))))
+    return peak * float(np.sqrt(np.mean(np.abs(arr / peak) ** 2)))
 
 
 def _check_scale(name: str, arr: np.ndarray) -> None:
@@ -208,24 +258,24 @@ def _check_operator_shape(name: str, shape, M: int, N: int) -> None:
             f"R^{M}, i.e. have shape ({M}, {N}) per sample.")
 
 
-def check_operator(A, n_measurements: int, n_features: int, name: str = "A") -> LinearOperator:
-    """Validate a user-given shared operator (sparse, scipy or package operator) as float64."""
+def check_operator(A, n_measurements: int, n_features: int, name: str = "A", *,
+                   allow_complex: bool = False) -> LinearOperator:
+    """Validate a user-given shared operator (sparse, scipy or package operator) as float64
+    (complex128 for a complex operator, when ``allow_complex``)."""
     op = as_operator(A, dtype=torch.float64, name=name)
     if op.per_sample:
         raise ValueError(
             f"{name} has shape {op.shape}: a batch of per-sample operators. The constructor's A "
             "is one operator for every sample; pass per-sample operators to fit/predict as "
             "operator=..., or an operator ensemble as A.")
-    if op.is_complex:
-        raise ValueError(f"{name} is complex ({op.dtype}): Complex data not supported; the "
-                         "estimators recover real signals from real measurements (wrap a complex "
-                         "operator in sklearn_unfold.operators.RealView).")
+    if op.is_complex and not allow_complex:
+        raise ValueError(f"{name} is complex ({op.dtype}): Complex data not supported here.")
     _check_operator_shape(name, op.shape, n_measurements, n_features)
     return op
 
 
-def check_sample_operators(operator, n_samples: int, n_measurements: int, n_features: int
-                           ) -> LinearOperator | None:
+def check_sample_operators(operator, n_samples: int, n_measurements: int, n_features: int,
+                           *, allow_complex: bool = False) -> LinearOperator | None:
     """Validate per-sample operators given as metadata: one per sample, of the data's shape.
 
     Accepts an ``(n, M, N)`` array or tensor, or a :class:`LinearOperator` (per-sample, or
@@ -246,15 +296,18 @@ def check_sample_operators(operator, n_samples: int, n_measurements: int, n_feat
                 f"operator must hold one matrix per sample, shape (n_samples, n_measurements, "
                 f"n_features) = ({n_samples}, {n_measurements}, {n_features}); got "
                 f"{arr.ndim}-D input of shape {arr.shape}.")
-        if np.iscomplexobj(arr):
-            raise ValueError(f"operator is complex ({arr.dtype}): Complex data not supported.")
-        arr = np.asarray(arr, dtype=np.float64)
+        if np.iscomplexobj(arr) and not allow_complex:
+            raise ValueError(f"operator is complex ({arr.dtype}): Complex data not supported: "
+                             "this estimator was fitted to a real problem (a complex problem is "
+                             "declared by a complex A, or complex operators passed to fit).")
+        arr = np.asarray(arr, dtype=np.complex128 if np.iscomplexobj(arr) else np.float64)
         _check_finite("operator", arr)
         operator = arr
     op = as_operator(operator, dtype=torch.float64, name="operator")
-    if op.is_complex:
-        raise ValueError(f"operator is complex ({op.dtype}): Complex data not supported; wrap it "
-                         "in sklearn_unfold.operators.RealView.")
+    if op.is_complex and not allow_complex:
+        raise ValueError(f"operator is complex ({op.dtype}): Complex data not supported: this "
+                         "estimator was fitted to a real problem (a complex problem is declared "
+                         "by a complex A, or complex operators passed to fit).")
     _check_operator_shape("operator", op.shape, n_measurements, n_features)
     op.check_batch(n_samples)
     return op
@@ -263,10 +316,13 @@ def check_sample_operators(operator, n_samples: int, n_measurements: int, n_feat
 def _reject_complex(**arrays) -> None:
     for name, arr in arrays.items():
         dtype = getattr(arr, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            dtype = np.dtype(np.complex128) if dtype.is_complex else None
         if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.complexfloating):
             raise ValueError(
-                f"{name} is complex ({dtype}): Complex data not supported; "
-                "complex-valued signals and measurements are not supported yet."
+                f"{name} is complex ({dtype}): Complex data not supported for a real problem. "
+                "A problem is complex when its sensing operator is: pass a complex A (a complex "
+                "matrix, operator or operator ensemble), or complex operators to fit."
             )
 
 
@@ -276,7 +332,7 @@ def _shape(arr) -> tuple[int, ...]:
     return tuple(shape) if shape is not None else np.asarray(arr).shape
 
 
-def _check_input_form(est, Y, X=None) -> None:
+def _check_input_form(est, Y, X=None, *, allow_complex: bool = False) -> None:
     """Reject sparse, complex, wrongly shaped or empty ``Y`` / ``X`` with messages naming them.
 
     scikit-learn's own validation calls the measurements "X" and the signals "y"; these checks
@@ -291,7 +347,8 @@ def _check_input_form(est, Y, X=None) -> None:
                 f"{name} is a scipy sparse {arr.format} matrix of shape {arr.shape}: sparse input "
                 f"is not supported; pass a dense array ({name}.toarray())."
             )
-    _reject_complex(**arrays)
+    if not allow_complex:
+        _reject_complex(**arrays)
     cls = type(est).__name__
     shape_y = _shape(Y)
     if len(shape_y) != 2:

@@ -72,7 +72,11 @@ class _ClassicalBase(RecoveryEstimatorBase):
 
     def _tensor(self, Y: np.ndarray) -> torch.Tensor:
         """``Y`` in the dtype the solver iterates in (the operator follows it)."""
-        dtype = np.float32 if getattr(self, "dtype", "float64") == "float32" else np.float64
+        single = getattr(self, "dtype", "float64") == "float32"
+        if np.iscomplexobj(Y):
+            dtype = np.complex64 if single else np.complex128
+        else:
+            dtype = np.float32 if single else np.float64
         return torch.from_numpy(np.require(Y, dtype=dtype, requirements=["C", "W"]))
 
     def _iterate(self, Y: np.ndarray, op, warn: bool = True):
@@ -216,7 +220,8 @@ class ISTARegressor(_ClassicalBase):
                            else None)
         if self.alpha == "auto":
             self.alpha_ = lasso_alpha_for_prior(self.sparsity_, self.signal_var_,
-                                                self.noise_var_, Y.shape[1] / X.shape[1])
+                                                self.noise_var_, Y.shape[1] / X.shape[1],
+                                                complex_signals=self._is_complex())
         else:
             self.alpha_ = float(self.alpha)
 
@@ -264,7 +269,8 @@ class _MessagePassingBase(_ClassicalBase):
             if self.threshold == "auto":
                 self.threshold_ = soft_threshold_for_prior(
                     self.sparsity_, self.signal_var_, self.noise_var_,
-                    Y.shape[1] / X.shape[1], algorithm=self._algorithm)
+                    Y.shape[1] / X.shape[1], algorithm=self._algorithm,
+                    complex_signals=self._is_complex())
             else:
                 self.threshold_ = float(self.threshold)
             theta = np.array([self.threshold_, 1.0])
@@ -343,7 +349,8 @@ class AMPRegressor(_MessagePassingBase):
         self.verbose = verbose
 
     def _solver_iterates(self, Y, op, report):
-        return amp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.dtype), max_iter=self.max_iter,
+        return amp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.real.dtype),
+                            max_iter=self.max_iter,
                             tol=self.tol, damping=self.damping, report=report)
 
 
@@ -401,6 +408,6 @@ class VAMPRegressor(_MessagePassingBase):
         self.singular_values_ = svd[1].numpy().copy() if svd is not None else None
 
     def _solver_iterates(self, Y, op, report):
-        return vamp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.dtype), self.noise_var_,
+        return vamp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.real.dtype), self.noise_var_,
                              self.sparsity_ * self.signal_var_, max_iter=self.max_iter,
                              tol=self.tol, damping=self.damping, report=report)

@@ -289,7 +289,13 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
         As in :class:`LAMPRegressor`.
     gains : bool, default=False
-        Also learn per-singular-value gains of the LMMSE stage.%COMMON%
+        Also learn per-singular-value gains of the LMMSE stage.
+    damping : float in (0, 1], default=1.0
+        Unroll damped VAMP: the starting VAMP (``init_estimator_``) uses this damping, and
+        below 1 every layer from the second on learns its own damping ``β_t`` of the message
+        ``r_2`` and the precision ``γ_2``, starting at this value. Undamped VAMP can oscillate
+        on structured operators (a partial DFT of few pilots, say), where damping ``0.8``
+        makes it converge; 1 keeps the undamped network.%COMMON%
 
     Attributes
     ----------
@@ -298,16 +304,21 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     gamma1_scale_, gamma2_scale_ : ndarray of shape (n_layers,)
         The learned precision corrections ``c_{1,t}``, ``c_{2,t}``.
     theta_ : ndarray of shape (n_layers, n_theta)
-        The learned shrinkage parameters.%ATTRS%
+        The learned shrinkage parameters.
+    damping_ : ndarray of shape (n_layers,)
+        The learned damping ``β_t`` of each layer (1 for the first layer, and for every layer
+        when ``damping=1``).%ATTRS%
     """
 
     _parameter_constraints: dict = {
         **LearnedEstimatorBase._parameter_constraints,
         "denoiser": [StrOptions(set(LAMP_DENOISERS))],
         "gains": ["boolean"],
+        "damping": [Interval(Real, 0, 1, closed="right")],
     }
 
-    def __init__(self, A=None, *, denoiser="bg", gains=False, n_layers=10, tied=False,
+    def __init__(self, A=None, *, denoiser="bg", gains=False, damping=1.0, n_layers=10,
+                 tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=20,
                  batch_size=500, learning_rate=3e-3, validation_fraction="auto",
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
@@ -320,6 +331,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.tied = tied
         self.denoiser = denoiser
         self.gains = gains
+        self.damping = damping
         self.init = init
         self.training = training
         self.curriculum = curriculum
@@ -347,7 +359,8 @@ class LDVAMPRegressor(LearnedEstimatorBase):
 
     def _make_init_estimator(self):
         return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
-                             noise_var=self._scaled_noise_var(), batch_size=self.batch_size)
+                             noise_var=self._scaled_noise_var(), damping=self.damping,
+                             batch_size=self.batch_size)
 
     def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
@@ -361,11 +374,11 @@ class LDVAMPRegressor(LearnedEstimatorBase):
                 "operator ensemble, per-sample or matrix-free operators use gains=False.")
         return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op), self.denoiser, theta,
                                        self._scaled_noise_var(), second_moment, self.n_layers,
-                                       tied=self.tied, gains=self.gains, dtype=dtype,
-                                       device=device)
+                                       tied=self.tied, gains=self.gains,
+                                       damping=self.damping, dtype=dtype, device=device)
 
     def _architecture_extra(self) -> dict:
-        return {"denoiser": self.denoiser, "gains": self.gains}
+        return {"denoiser": self.denoiser, "gains": self.gains, "damping": float(self.damping)}
 
     def _set_coefficients(self, summary: dict) -> None:
         super()._set_coefficients(summary)
@@ -373,6 +386,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.gamma1_scale_ = summary["gamma1_scale"]
         self.gamma2_scale_ = summary["gamma2_scale"]
         self.theta_ = summary["theta"]
+        self.damping_ = summary.get("damping", np.ones(len(summary["theta"])))
 
 
 def _analytic_theta(denoiser: str, classical) -> np.ndarray:

@@ -120,7 +120,8 @@ class UnrolledNetwork(nn.Module):
         for t in range(self.n_layers):
             value = self.layer_param(name, t).detach()
             value = fn(value) if fn is not None else value
-            rows.append(value.cpu().to(torch.float64).numpy())
+            rows.append(value.cpu().to(torch.complex128 if value.is_complex() else torch.float64)
+                        .numpy())
         return np.stack(rows)
 
     # ------------------------------------------------------------------ interface
@@ -147,14 +148,17 @@ class UnrolledNetwork(nn.Module):
     def _compute_dtype(self) -> torch.dtype:
         return next(self.parameters()).real.dtype
 
-    def _cast(self, Y: Tensor, op: LinearOperator) -> tuple[Tensor, LinearOperator]:
-        """``Y`` and ``op`` in the precision of the parameters (a no-op when they already are)."""
+    def _cast_data(self, Y: Tensor) -> Tensor:
+        """``Y`` in the precision of the parameters, complex when ``Y`` is."""
         dtype = self._compute_dtype()
         if Y.is_complex():
-            Y = Y.to(torch.complex64 if dtype == torch.float32 else torch.complex128)
-        else:
-            Y = Y.to(dtype)
-        return Y, op.to(dtype=dtype, device=Y.device)
+            return Y.to(torch.complex64 if dtype == torch.float32 else torch.complex128)
+        return Y.to(dtype)
+
+    def _cast(self, Y: Tensor, op: LinearOperator) -> tuple[Tensor, LinearOperator]:
+        """``Y`` and ``op`` in the precision of the parameters (a no-op when they already are)."""
+        Y = self._cast_data(Y)
+        return Y, op.to(dtype=self._compute_dtype(), device=Y.device)
 
     def check_operator(self, op: LinearOperator, n_samples: int) -> None:
         """Raise a ``ValueError`` when ``op`` does not fit this network or the batch."""

@@ -20,6 +20,8 @@ from ._unrolled import ShrinkageDenoisers, UnrolledNetwork, make_param
 
 #: The smallest noise variance, relative to the signal's second moment (noiseless data).
 _MIN_NOISE_VAR = 1e-9
+#: The smallest learned damping: a layer keeps at least this share of its new message.
+_MIN_DAMPING = 0.05
 
 
 class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
@@ -77,16 +79,26 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     tied : bool, default=False
     n_gains : int, default=0
         Number of per-singular-value gains (0: none).
+    damping : float in (0, 1], default=1.0
+        Below 1, the layers unroll damped VAMP: from the second layer on, layer ``t`` passes on
+        ``r_2 ← β_t r_2^+ + (1-β_t) r_2`` and ``γ_2 ← (β_t/\sqrt{γ_2^+} + (1-β_t)/\sqrt{γ_2})^{-2}``
+        with a learned ``β_t`` (initialised at ``damping``, kept in ``[0.05, 1]``), as
+        :func:`~sklearn_unfold.solvers.vamp_iterates` damps with a fixed one.
     dtype, device
         Of the parameters.
     """
 
     def __init__(self, n_layers: int, operator_shape, denoiser: str, theta, noise_var: float,
                  signal_second_moment: float, *, tied: bool = False, n_gains: int = 0,
-                 dtype: torch.dtype = torch.float32, device=None, mlp_hidden: int = 16):
+                 damping: float = 1.0, dtype: torch.dtype = torch.float32, device=None,
+                 mlp_hidden: int = 16):
         super().__init__(n_layers, tied)
         if signal_second_moment <= 0:
             raise ValueError(f"signal_second_moment must be > 0; got {signal_second_moment}.")
+        if not 0.0 < float(damping) <= 1.0:
+            raise ValueError(f"damping must be in (0, 1]; got {damping}.")
+        #: Whether the layers damp their messages (a learned ``β_t`` per layer from layer 1 on).
+        self.damped = float(damping) < 1.0
         self.operator_shape = tuple(int(d) for d in operator_shape)
         self.gains = int(n_gains) > 0
         self.n_gains = int(n_gains)
@@ -101,13 +113,17 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                                   tieable=True)
         self.add_layer_params("log_c1", lambda: make_param([0.0], dtype, device))
         self.add_layer_params("log_c2", lambda: make_param([0.0], dtype, device))
+        if self.damped:  # layer 0 starts from r2 = 0: there is nothing to damp towards
+            self.add_layer_params("damping", lambda: make_param([float(damping)], dtype, device),
+                                  first=1)
         self._init_denoisers(denoiser, theta, tie_mlp=True, mlp_hidden=mlp_hidden, dtype=dtype,
                              device=device)
 
     @classmethod
     def from_vamp(cls, A, denoiser: str, theta, noise_var: float, signal_second_moment: float,
                   n_layers: int, *, tied: bool = False, gains: bool = False,
-                  dtype: torch.dtype = torch.float32, device=None) -> LDVAMPNetwork:
+                  damping: float = 1.0, dtype: torch.dtype = torch.float32,
+                  device=None) -> LDVAMPNetwork:
         """Build the network whose layers are, at initialisation, the iterations of VAMP.
 
         Parameters
@@ -119,6 +135,9 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
             See the class docstring.
         gains : bool
             Learn per-singular-value gains of the LMMSE stage (needs an operator with an SVD).
+        damping : float in (0, 1], default=1.0
+            The VAMP damping ``β`` unrolled (see :func:`~sklearn_unfold.solvers.vamp_iterates`);
+            below 1 each layer from the second on learns its own ``β_t``, starting at ``β``.
         dtype, device
             Of the parameters.
 
@@ -137,7 +156,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                                  f"got {type(op).__name__} of shape {op.shape}.")
             n_gains = int(svd[1].shape[-1])
         return cls(n_layers, op.shape[-2:], denoiser, theta, noise_var, signal_second_moment,
-                   tied=tied, n_gains=n_gains, dtype=dtype, device=device)
+                   tied=tied, n_gains=n_gains, damping=damping, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ interface
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
@@ -158,11 +177,16 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         outs = []
         for t in range(self.n_active):
             fn, theta = self._denoise(t)
-            x1, r2, gamma2, _ = vamp_step(
+            x1, r2_new, gamma2_new, _ = vamp_step(
                 r2, gamma2 * self.log_c2[t].exp(), context, op,
                 self.layer_param("log_gamma_w", t).exp(), fn, theta,
                 gain_scale=self.layer_param("gain", t) if self.gains else None,
                 gamma1_scale=self.log_c1[t].exp(), precision_bounds=bounds)
+            if self.damped and t > 0:  # VAMP's damping (vamp_iterates), with a learned β_t
+                beta = self.layer_param("damping", t).clamp(_MIN_DAMPING, 1.0)
+                r2_new = beta * r2_new + (1.0 - beta) * r2
+                gamma2_new = (beta * gamma2_new.rsqrt() + (1.0 - beta) * gamma2.rsqrt()) ** -2
+            r2, gamma2 = r2_new, gamma2_new
             outs.append(x1)
         return outs
 
@@ -182,4 +206,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         }
         if self.gains:
             out["gain"] = self.per_layer_values("gain")
+        if self.damped:
+            out["damping"] = np.array([1.0] + [
+                float(self.layer_param("damping", t).detach().clamp(_MIN_DAMPING, 1.0))
+                for t in range(1, self.n_layers)])
         return out

@@ -38,21 +38,26 @@ def support_fraction(t: int) -> float:
     return min(1.2 * (t + 1), 13.0) / 100.0
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float64, or complex128 for complex data."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
 def _ridge_gram(A: Tensor, ridge: float) -> Tensor:
-    """``G = AAᵀ + ridge·tr(AAᵀ)/M · I`` (``M × M``), the Gram matrix both weights solve with."""
-    G = A @ A.T
-    return G + ridge * torch.trace(G) / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
-                                                               device=G.device)
+    """``G = AAᴴ + ridge·tr(AAᴴ)/M · I`` (``M × M``), the Gram matrix both weights solve with."""
+    G = A @ A.mH
+    return G + ridge * torch.trace(G).real / G.shape[0] * torch.eye(G.shape[0], dtype=G.dtype,
+                                                                    device=G.device)
 
 
 def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
     r"""ALISTA's analytic weight: the ``W`` of least coherence with ``A`` (Frobenius form).
 
-    .. math:: W = \arg\min_W \big\|\mathrm{offdiag}(Wᵀ A)\big\|_F^2
-              \quad\text{s.t.}\quad w_iᵀ a_i = 1\ \ \forall i
+    .. math:: W = \arg\min_W \big\|\mathrm{offdiag}(Wᴴ A)\big\|_F^2
+              \quad\text{s.t.}\quad w_iᴴ a_i = 1\ \ \forall i
 
-    The problem separates over the columns; each is ``min wᵀ(AAᵀ)w`` subject to ``a_iᵀ w = 1``, so
-    ``w_i = G⁻¹ a_i / (a_iᵀ G⁻¹ a_i)`` with ``G = AAᵀ`` (plus ``ridge·tr(G)/M`` on its diagonal
+    The problem separates over the columns; each is ``min wᴴ(AAᴴ)w`` subject to ``a_iᴴ w = 1``, so
+    ``w_i = G⁻¹ a_i / (a_iᴴ G⁻¹ a_i)`` with ``G = AAᴴ`` (plus ``ridge·tr(G)/M`` on its diagonal
     when ``A`` is rank-deficient). For an i.i.d. Gaussian ``A`` this is close to ``A`` itself.
 
     Parameters
@@ -63,19 +68,19 @@ def analytic_weight(A: Tensor, ridge: float = 1e-10) -> Tensor:
 
     Returns
     -------
-    W : tensor of shape (M, N), same dtype as ``A``; ``diag(WᵀA) = 1``.
+    W : tensor of shape (M, N), same dtype as ``A``; ``diag(WᴴA) = 1``.
     """
-    A64 = A.to(torch.float64)
+    A64 = A.to(_wide(A.dtype))
     GA = torch.linalg.solve(_ridge_gram(A64, ridge), A64)
-    W = GA / (A64 * GA).sum(dim=0, keepdim=True)
+    W = GA / (A64.conj() * GA).sum(dim=0, keepdim=True).real  # a_iᴴ G⁻¹ a_i is real
     return W.to(A.dtype)
 
 
 def pseudo_inverse_weight(A: Tensor, ridge: float = 1e-3) -> Tensor:
-    r"""The regularised pseudo-inverse back-projection ``A⁺ = Aᵀ(AAᵀ + ρI)⁻¹``, shape ``(N, M)``.
+    r"""The regularised pseudo-inverse back-projection ``A⁺ = Aᴴ(AAᴴ + ρI)⁻¹``, shape ``(N, M)``.
 
-    ``ρ = ridge·tr(AAᵀ)/M``. The matched step ``x + γAᵀ(y − Ax)`` multiplies the error by
-    ``I − γAᵀA``, whose eigenvalues lie on both sides of 0, so it leaks every entry's error into
+    ``ρ = ridge·tr(AAᴴ)/M``. The matched step ``x + γAᴴ(y − Ax)`` multiplies the error by
+    ``I − γAᴴA``, whose eigenvalues lie on both sides of 0, so it leaks every entry's error into
     all the others; ``x + A⁺(y − Ax)`` removes the error's row-space part and leaves its
     null-space part: for an i.i.d. error at ``M/N = 1/2`` that halves its variance, where the
     best matched step leaves two thirds of it. Learned ISTA offers it as the starting
@@ -91,8 +96,8 @@ def pseudo_inverse_weight(A: Tensor, ridge: float = 1e-3) -> Tensor:
     -------
     B : tensor of shape (N, M), same dtype and device as ``A``.
     """
-    A64 = A.to(torch.float64)
-    return torch.linalg.solve(_ridge_gram(A64, ridge), A64).T.contiguous().to(A.dtype)
+    A64 = A.to(_wide(A.dtype))
+    return torch.linalg.solve(_ridge_gram(A64, ridge), A64).mH.contiguous().to(A.dtype)
 
 
 class _LearnedISTA(UnrolledNetwork):
@@ -124,7 +129,7 @@ class _LearnedISTA(UnrolledNetwork):
         if op is not None:
             Y, op = self._cast(Y, op)
         else:
-            Y = Y.to(dtype=self._compute_dtype())
+            Y = self._cast_data(Y)
         x = torch.zeros((Y.shape[0], self.operator_shape[1]), dtype=Y.dtype, device=Y.device)
         cache = self._prepare(Y)
         outs = []
@@ -156,7 +161,7 @@ class _LearnedISTA(UnrolledNetwork):
         ``γ_t ← γγ_t``) and ``θ_t ← θ``.
 
         For the variants with learned matrices the fit is made for two directions and the better
-        one on the pairs is kept: the layer's current matrices (at the start ``B = Aᵀ/L``,
+        one on the pairs is kept: the layer's current matrices (at the start ``B = Aᴴ/L``,
         ISTA's matched back-projection) and the regularised pseudo-inverse ``A⁺`` of
         :func:`pseudo_inverse_weight` (``B = A⁺``; ``W = A⁺``, ``S = I − A⁺A``). ISTA's step
         ``1/L`` and threshold ``α/L`` are far from what a layer of a short network wants, and
@@ -171,8 +176,8 @@ class _LearnedISTA(UnrolledNetwork):
             ``"pseudo_inverse"``, or ``"analytic"`` for ALISTA), ``step``, ``threshold``,
             ``nmse_db_before``, ``nmse_db_after`` (on the pairs given).
         """
-        dtype = self.thresholds[0].dtype
-        Y, X = Y.to(dtype=dtype), X.to(dtype=dtype)
+        Y, X = self._cast_data(Y), self._cast_data(X)
+        dtype = Y.dtype
         active, self.n_active = self.n_active, t
         x = self(Y, op)[-1] if t > 0 else torch.zeros_like(X)
         self.n_active = active
@@ -229,7 +234,7 @@ def _dense64(A) -> Tensor:
     if op.per_sample:
         raise ValueError(f"learned-ISTA matrices are initialised from one fixed operator; got a "
                          f"per-sample batch of shape {op.shape}.")
-    return op.to_dense().to(torch.float64).cpu()
+    return op.to_dense().to(_wide(op.dtype)).cpu()
 
 
 class _MatrixLearnedISTA(_LearnedISTA):
@@ -253,7 +258,7 @@ class _MatrixLearnedISTA(_LearnedISTA):
 class LISTANetwork(_MatrixLearnedISTA):
     r"""Learned ISTA in Gregor and LeCun's form: ``x_{t+1} = η(W_t y + S_t x_t; θ_t)``.
 
-    Initialised at ``W = Aᵀ/L``, ``S = I − AᵀA/L``, ``θ = α/L`` (``L = ‖A‖₂²``), where it
+    Initialised at ``W = Aᴴ/L``, ``S = I − AᴴA/L``, ``θ = α/L`` (``L = ‖A‖₂²``), where it
     reproduces the ISTA iterates exactly (without support selection). Layer 0 has no ``S``
     (``x_0 = 0``). ``η`` is the soft threshold, or with ``support_selection`` the soft threshold
     whose largest ``p_t = min(1.2 (t+1), 13) %`` entries pass unthresholded. ``tied=True``
@@ -270,9 +275,9 @@ class LISTANetwork(_MatrixLearnedISTA):
     variant = "lista"
 
     def _init_matrices(self, A64: Tensor, L: float, dtype, device) -> None:
-        self.add_layer_params("W", lambda: make_param(A64.T / L, dtype, device), tieable=True)
+        self.add_layer_params("W", lambda: make_param(A64.mH / L, dtype, device), tieable=True)
         if self.n_layers > 1:
-            S0 = torch.eye(A64.shape[1], dtype=torch.float64) - A64.T @ A64 / L
+            S0 = torch.eye(A64.shape[1], dtype=A64.dtype) - A64.mH @ A64 / L
             self.add_layer_params("S", lambda: make_param(S0, dtype, device), tieable=True,
                                   first=1)
 
@@ -313,14 +318,14 @@ class LISTANetwork(_MatrixLearnedISTA):
 class LISTACPNetwork(_MatrixLearnedISTA):
     r"""LISTA-CP (coupled): ``x_{t+1} = η(x_t + B_t(y − A x_t); θ_t)``.
 
-    Initialised at ``B = Aᵀ/L``, ``θ = α/L`` (the ISTA iterates). ``B_t`` is learned per layer
+    Initialised at ``B = Aᴴ/L``, ``θ = α/L`` (the ISTA iterates). ``B_t`` is learned per layer
     (one if tied); the residual uses the operator passed to :meth:`forward`.
     """
 
     variant = "cp"
 
     def _init_matrices(self, A64: Tensor, L: float, dtype, device) -> None:
-        self.add_layer_params("B", lambda: make_param(A64.T / L, dtype, device), tieable=True)
+        self.add_layer_params("B", lambda: make_param(A64.mH / L, dtype, device), tieable=True)
 
     def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:
         return ista_step(x, Y, op, theta, B=self.layer_param("B", t), step=1.0,
@@ -357,8 +362,12 @@ class ALISTANetwork(_LearnedISTA):
                          device=device)
         self.weight = "adjoint" if W_analytic is None else "analytic"
         self.operator_agnostic = W_analytic is None
+        if W_analytic is not None and W_analytic.is_complex():
+            dtype_w = torch.complex64 if dtype == torch.float32 else torch.complex128
+        else:
+            dtype_w = dtype
         self.register_buffer("W_analytic", None if W_analytic is None
-                             else W_analytic.to(dtype=dtype, device=device))
+                             else W_analytic.to(dtype=dtype_w, device=device))
         self.add_layer_params("steps", lambda: make_param([gamma0], dtype, device))
 
     @classmethod
@@ -377,8 +386,8 @@ class ALISTANetwork(_LearnedISTA):
                        support_selection=support_selection, dtype=dtype, device=device)
         A64 = _dense64(A)
         W = analytic_weight(A64)
-        gamma0 = 1.0 / float(torch.linalg.matrix_norm(W.T @ A64, ord=2))
-        return cls(n_layers, A64.shape, alpha, gamma0, W_analytic=W.T.contiguous(), tied=tied,
+        gamma0 = 1.0 / float(torch.linalg.matrix_norm(W.mH @ A64, ord=2))
+        return cls(n_layers, A64.shape, alpha, gamma0, W_analytic=W.mH.contiguous(), tied=tied,
                    support_selection=support_selection, dtype=dtype, device=device)
 
     def _layer(self, t, x, Y, op, theta, cache=None) -> Tensor:

@@ -37,6 +37,7 @@ from .matrices import (
     partial_dct_matrix,
     random_rows,
 )
+from .ofdm import PilotDFT
 from .transforms import FourierMask2D, KroneckerOperator, PartialDCT, PartialDFT, RealView
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "PartialDCTEnsemble",
     "PartialDFT",
     "PartialDFTEnsemble",
+    "PilotDFT",
     "RealView",
     "SVDOperator",
     "ScipyOperator",

@@ -91,6 +91,8 @@ class OperatorEnsemble:
 
     #: ``(M, N)``, the shape of every operator drawn.
     shape: tuple[int, int]
+    #: Whether the operators drawn are complex (their measurements and signals are then complex).
+    is_complex: bool = False
 
     @property
     def n_measurements(self) -> int:
@@ -283,6 +285,7 @@ class PartialDFTEnsemble(PartialDCTEnsemble):
     (:class:`~sklearn_unfold.operators.PartialDFT`); otherwise as :class:`PartialDCTEnsemble`."""
 
     _op = PartialDFT
+    is_complex = True
 
 
 class FourierMask2DEnsemble(OperatorEnsemble):
@@ -298,6 +301,8 @@ class FourierMask2DEnsemble(OperatorEnsemble):
     center : int or float, default=0
         Side of the always-kept low-frequency block in pixels, or a fraction of each side.
     """
+
+    is_complex = True
 
     def __init__(self, image_shape: tuple[int, int], n_measurements: int | float,
                  center: int | float = 0):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.fft import dct
-from scipy.stats import ortho_group
+from scipy.stats import ortho_group, unitary_group
 from sklearn.utils import check_random_state
 
 
-def gaussian_matrix(n_measurements: int, n_features: int, *, random_state=None) -> np.ndarray:
+def gaussian_matrix(n_measurements: int, n_features: int, *, random_state=None,
+                    complex_valued: bool = False) -> np.ndarray:
     """I.i.d. Gaussian sensing matrix with entries ``N(0, 1/M)`` (columns of unit norm on average).
 
     Parameters
@@ -20,17 +21,24 @@ def gaussian_matrix(n_measurements: int, n_features: int, *, random_state=None) 
     n_measurements, n_features : int
         ``M`` and ``N``.
     random_state : int, RandomState instance or None
+    complex_valued : bool, default=False
+        Circularly-symmetric complex entries ``CN(0, 1/M)`` (``E|a_ij|² = 1/M``) instead.
 
     Returns
     -------
-    A : ndarray of shape (n_measurements, n_features)
+    A : ndarray of shape (n_measurements, n_features), float64 (complex128 if complex_valued)
     """
     rng = check_random_state(random_state)
-    return rng.standard_normal((n_measurements, n_features)) / np.sqrt(n_measurements)
+    shape = (n_measurements, n_features)
+    if complex_valued:
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(
+            2.0 * n_measurements)
+    return rng.standard_normal(shape) / np.sqrt(n_measurements)
 
 
 def conditioned_matrix(
-    n_measurements: int, n_features: int, condition_number: float = 15.0, *, random_state=None
+    n_measurements: int, n_features: int, condition_number: float = 15.0, *, random_state=None,
+    complex_valued: bool = False,
 ) -> np.ndarray:
     r"""Sensing matrix ``A = U diag(s) Vᵀ`` with a given condition number.
 
@@ -38,16 +46,19 @@ def conditioned_matrix(
     form a geometric sequence from 1 down to ``1/condition_number``, and the whole matrix is
     scaled so that ``‖A‖²_F = N`` (the ``kappa15`` reference problem of
     :func:`~sklearn_unfold.datasets.make_compressed_sensing` has ``condition_number=15``).
+    With ``complex_valued=True``, ``U`` and ``V`` are Haar-distributed unitary matrices and
+    ``A = U diag(s) Vᴴ``.
     """
     if condition_number < 1:
         raise ValueError(f"condition_number must be >= 1; got {condition_number}.")
     rng = check_random_state(random_state)
     rank = min(n_measurements, n_features)
-    U = ortho_group.rvs(n_measurements, random_state=rng) if n_measurements > 1 else np.ones((1, 1))
-    V = ortho_group.rvs(n_features, random_state=rng) if n_features > 1 else np.ones((1, 1))
+    group = unitary_group if complex_valued else ortho_group
+    U = group.rvs(n_measurements, random_state=rng) if n_measurements > 1 else np.ones((1, 1))
+    V = group.rvs(n_features, random_state=rng) if n_features > 1 else np.ones((1, 1))
     s = condition_number ** (-np.arange(rank) / max(rank - 1, 1))
     s *= np.sqrt(n_features / np.sum(s**2))
-    return (U[:, :rank] * s) @ V[:, :rank].T
+    return (U[:, :rank] * s) @ V[:, :rank].conj().T
 
 
 def partial_dct_matrix(n_measurements: int, n_features: int, *, random_state=None) -> np.ndarray:

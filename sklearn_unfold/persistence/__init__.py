@@ -21,6 +21,14 @@ beyond explicit allow-lists (the estimators and the operators, ensembles, priors
 of :mod:`sklearn_unfold`; torch.optim optimisers and schedulers and torch.nn losses), and checks
 every size the file declares against the bytes the file holds before it allocates anything.
 
+Complex data round-trips exactly: complex numpy arrays and numpy complex scalars (stored as their
+raw bytes), complex torch tensors and parameters (stored as their real views, the interleaved real
+and imaginary parts), Python ``complex`` numbers, and the package's operators on complex data
+(``DenseOperator``, ``PartialDFT``, ...: stored as their attributes). A file that holds a complex
+tensor or a Python complex number is written as format version 3, which older releases refuse as
+"newer than this sklearn_unfold reads"; every other file is written as version 2, exactly as
+before, and stays readable by them.
+
 Tensors record their device; :func:`load` puts them back there when it exists and on the CPU
 otherwise (with a warning), so a GPU-trained model predicts on a CPU-only machine.
 """
@@ -38,12 +46,15 @@ import torch
 from sklearn.base import BaseEstimator
 
 from ._archive import read_members, tensors_from_bytes, tensors_to_bytes, write_archive, write_atomically
-from ._codec import MAX_DEPTH, TAG
+from ._codec import BASE_VERSION, MAX_DEPTH, TAG
 from ._estimators import Decoder, Encoder
 
 FORMAT_NAME = "sklearn-unfold-model"
-#: Version 2: estimators as parameters, public fitted attributes and networks' state_dicts.
-FORMAT_VERSION = 2
+#: The newest format version this release reads and writes. Version 2: estimators as parameters,
+#: public fitted attributes and networks' state_dicts. Version 3 adds complex torch tensors and
+#: Python complex numbers; :func:`save` writes it only for a model that holds one, and version 2
+#: (readable by every release that reads version 2) otherwise.
+FORMAT_VERSION = 3
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
@@ -62,6 +73,12 @@ def save(estimator: BaseEstimator, path: PathOrFile) -> None:
         the same folder, flushed to disk and renamed onto ``path``: an interrupted save never
         leaves a half-written model, and a symlink planted at ``path`` is replaced, not followed.
 
+    Notes
+    -----
+    The file is written as format version 3 when the model holds a complex torch tensor or a
+    Python complex number (a model fitted on complex signals, typically), and as version 2
+    otherwise, so that releases which read only version 2 still load it.
+
     Raises
     ------
     TypeError
@@ -75,7 +92,7 @@ def save(estimator: BaseEstimator, path: PathOrFile) -> None:
         raise TypeError(f"save expects an sklearn_unfold estimator; got {type(estimator)!r}.")
     body = (enc := Encoder()).estimator(estimator, "estimator")
     blob = tensors_to_bytes(enc.tensors)
-    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+    header = {"format": FORMAT_NAME, "format_version": enc.version,
               "sklearn_unfold_version": __version__, "class": type(estimator).__name__,
               "tensor_keys": sorted(enc.tensors), "estimator": body}
     text = json.dumps(header, indent=1, allow_nan=False)
@@ -91,6 +108,7 @@ def load(path: PathOrFile, *, map_location: str | torch.device | None = None) ->
     Parameters
     ----------
     path : str, path-like or binary file object
+        The model file (or an open binary file positioned at its start).
     map_location : str, torch.device or None, default=None
         Device for every tensor. ``None``: the one each tensor was saved from when it exists
         here, else the CPU, with a ``UserWarning`` (a GPU model loads on a CPU-only machine).
@@ -132,13 +150,13 @@ def _load(path, name, map_location) -> BaseEstimator:
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{name!s}: params.json does not describe an sklearn-unfold model")
     version = header.get("format_version")
-    if type(version) is not int or not 2 <= version <= FORMAT_VERSION:
+    if type(version) is not int or not BASE_VERSION <= version <= FORMAT_VERSION:
         if type(version) is int and version > FORMAT_VERSION:
             raise ValueError(f"{name!s}: format version {version} is newer than this "
                              f"sklearn_unfold reads ({FORMAT_VERSION}); upgrade sklearn_unfold")
         raise ValueError(f"{name!s}: unknown format version {repr(version)[:40]}; this "
-                         f"sklearn_unfold reads version {FORMAT_VERSION} (files of the "
-                         "development version 1 must be saved again)")
+                         f"sklearn_unfold reads versions {BASE_VERSION} to {FORMAT_VERSION} (files "
+                         "of the development version 1 must be saved again)")
     try:
         tensors = tensors_from_bytes(tensor_bytes)
     except ValueError as exc:
@@ -150,7 +168,7 @@ def _load(path, name, map_location) -> BaseEstimator:
     body = header.get("estimator")
     if not isinstance(body, dict) or body.get(TAG) != "estimator":
         raise ValueError(f"{name!s} is damaged: params.json has no estimator entry.")
-    dec = Decoder(tensors, map_location)
+    dec = Decoder(tensors, map_location, version)
     try:
         est = dec.estimator(body, 0)
     except ValueError as exc:

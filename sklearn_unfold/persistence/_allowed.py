@@ -7,6 +7,7 @@ by ``save`` (use pickle or joblib for it).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -26,13 +27,23 @@ def estimator_classes() -> dict[str, type]:
     return {k: v for k, v in found.items() if isinstance(v, type) and issubclass(v, BaseEstimator)}
 
 
+#: Signal priors of optional or newer modules: ``(module, class name)``, allowed (with their
+#: subclasses) when the module defines them.
+_OPTIONAL_PRIORS = (("sklearn_unfold.channels", "ClusteredChannelPrior"),)
+
+
 def data_bases() -> tuple[type, ...]:
     """Bases of the package's data objects (operators, ensembles, priors) stored by attributes."""
     from ..datasets import BernoulliGaussianPrior
     from ..operators import LinearOperator
     from ..operators.ensembles import OperatorEnsemble
 
-    return (LinearOperator, OperatorEnsemble, BernoulliGaussianPrior)
+    bases: list[type] = [LinearOperator, OperatorEnsemble, BernoulliGaussianPrior]
+    for module_name, name in _OPTIONAL_PRIORS:
+        cls = getattr(_data_module(module_name), name, None)
+        if isinstance(cls, type) and cls.__module__ == module_name:
+            bases.append(cls)
+    return tuple(bases)
 
 
 def _loss_base() -> type:
@@ -136,6 +147,35 @@ def resolve_spec_class(ref) -> type:
     return cls
 
 
+#: Modules of the package that define (or may define) operators, ensembles or priors. A file that
+#: names a class of one of them imports it first when the package has not yet (a module that
+#: ``import sklearn_unfold`` does not import eagerly still loads); no other module is ever
+#: imported for a file. Names of modules that do not exist are refused like any unknown class.
+DATA_MODULES = (
+    "sklearn_unfold.datasets",
+    "sklearn_unfold.channels",
+    "sklearn_unfold.operators",
+    "sklearn_unfold.operators._base",
+    "sklearn_unfold.operators.dense",
+    "sklearn_unfold.operators.ensembles",
+    "sklearn_unfold.operators.ofdm",
+    "sklearn_unfold.operators.transforms",
+)
+
+
+def _data_module(name: str):
+    """The module ``name`` when it is one of :data:`DATA_MODULES` (imported if need be), else
+    None; never imports anything else."""
+    if name not in DATA_MODULES:
+        return None
+    if name not in sys.modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return None
+    return sys.modules.get(name)
+
+
 def data_class_ref(obj) -> str | None:
     cls = type(obj)
     if not isinstance(obj, data_bases()) or isinstance(obj, nn.Module):
@@ -147,9 +187,12 @@ def data_class_ref(obj) -> str | None:
 
 def resolve_data_class(ref) -> type:
     """An operator, ensemble or prior class of the package from ``"module:QualName"``; the module
-    must already be imported (importing sklearn_unfold imports them all)."""
+    must already be imported (importing sklearn_unfold imports them all) or be one of the
+    package's data modules (:data:`DATA_MODULES`), which is imported then."""
     module_name, _, qualname = str(ref).partition(":")
-    obj: Any = sys.modules.get(module_name) if module_name.startswith("sklearn_unfold.") else None
+    obj: Any = None
+    if module_name.startswith("sklearn_unfold."):
+        obj = sys.modules.get(module_name) or _data_module(module_name)
     for part in qualname.split(".") if obj is not None and qualname else []:
         obj = getattr(obj, part, None)
     ok = (isinstance(obj, type) and obj.__module__ == module_name and obj.__qualname__ == qualname

@@ -3,6 +3,13 @@
 Plain JSON stands for itself; everything else is an object with a ``"__type__"`` tag. Arrays and
 tensors are references into the tensor member. Decoding checks every field before it allocates
 anything, bounds the nesting depth and rebuilds only what :mod:`._allowed` lists.
+
+Complex values: a numpy array of dtype ``complex64``/``complex128`` is stored as its raw bytes like
+every numpy array (format version 2). A complex torch tensor, which safetensors has no dtype for, is
+stored as its real view (``torch.view_as_real``: a float tensor with a last axis of 2, real and
+imaginary parts) with ``"complex": true`` on its entry, and a Python ``complex`` as a ``"complex"``
+entry of two floats; a file holding either is written as format version
+:data:`COMPLEX_VERSION`, which earlier readers refuse as newer than they read.
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from . import _allowed
 from ._archive import check_shape
 
 TAG = "__type__"
+#: The format version every file is at least; files without complex tensors or Python complex
+#: numbers are written with it (byte for byte as before complex support).
+BASE_VERSION = 2
+#: The first format version with complex torch tensors and Python complex numbers.
+COMPLEX_VERSION = 3
 #: How deeply values may nest (an estimator inside an estimator counts a few levels).
 MAX_DEPTH = 64
 #: numpy dtypes an array may declare: booleans, integers, floats and complex numbers, no
@@ -72,6 +84,8 @@ class ValueEncoder:
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
+        #: The lowest format version that can describe what was encoded so far.
+        self.version = BASE_VERSION
         self._memo: dict[int, dict] = {}
         self._keep: list = []  # keeps memoised objects alive, so their ids stay unique
 
@@ -86,6 +100,10 @@ class ValueEncoder:
             return int(obj)
         if isinstance(obj, float) and not isinstance(obj, np.generic):
             return float(obj) if math.isfinite(obj) else {TAG: "float", "value": repr(float(obj))}
+        if isinstance(obj, complex) and not isinstance(obj, np.generic):
+            self.version = max(self.version, COMPLEX_VERSION)
+            return {TAG: "complex", "real": self.encode(float(obj.real), where),
+                    "imag": self.encode(float(obj.imag), where)}
         if isinstance(obj, np.generic):
             return {TAG: "npscalar", "array": self.encode(np.asarray(obj), where)}
         if isinstance(obj, torch.Tensor):
@@ -154,12 +172,20 @@ class ValueEncoder:
     def _tensor(self, t: torch.Tensor, where: str) -> dict:
         if id(t) in self._memo:  # the same tensor twice: one copy, the same object on loading
             return self._memo[id(t)]
-        if t.is_complex() or t.layout != torch.strided or t.dtype not in _TENSOR_DTYPES:
+        if t.layout != torch.strided or (t.dtype not in _TENSOR_DTYPES
+                                         and t.dtype not in _COMPLEX_TENSOR_DTYPES):
             raise TypeError(f"{where}: cannot store a {t.layout} tensor of dtype {t.dtype}.")
         perm = dense_permutation(t.shape, t.stride())
-        flat = t.detach().permute(perm).to("cpu").contiguous().clone()
+        flat = t.detach().permute(perm).to("cpu")
+        if t.is_complex():  # real and imaginary parts, interleaved: the same bytes, a float dtype
+            flat = torch.view_as_real(flat.resolve_conj().resolve_neg().contiguous()).clone()
+            self.version = max(self.version, COMPLEX_VERSION)
+        else:
+            flat = flat.contiguous().clone()
         ref = {TAG: "parameter" if isinstance(t, nn.Parameter) else "tensor",
                "key": self._store(flat), "device": str(t.device), "requires_grad": bool(t.requires_grad)}
+        if t.is_complex():
+            ref["complex"] = True
         if perm != list(range(t.ndim)):
             ref["order"] = perm
         self._memo[id(t)] = ref
@@ -190,13 +216,18 @@ class ValueEncoder:
 
 _TENSOR_DTYPES = {torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
                   torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
+#: Complex tensor dtypes, stored as real views of the float dtype of their parts.
+_COMPLEX_TENSOR_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_COMPLEX_PARTS = {v: k for k, v in _COMPLEX_TENSOR_DTYPES.items()}
 
 
 class ValueDecoder:
     """Tagged JSON back to values; subclasses add estimators and modules."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], map_location) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], map_location,
+                 format_version: int = COMPLEX_VERSION) -> None:
         self.tensors, self._cache, self.remapped = tensors, {}, set()
+        self.format_version = format_version
         self.used: set[str] = set()
         self.map_location = None if map_location is None else torch.device(map_location)
 
@@ -231,8 +262,8 @@ class ValueDecoder:
         return handler(obj, depth + 1)
 
     def _handlers(self) -> dict:
-        return {"float": self._float, "tuple": self._items(tuple), "set": self._items(set),
-                "dict": self._dict, "odict": self._dict, "tensor": self._tensor,
+        return {"float": self._float, "complex": self._complex, "tuple": self._items(tuple),
+                "set": self._items(set), "dict": self._dict, "odict": self._dict, "tensor": self._tensor,
                 "parameter": self._tensor, "ndarray": self._ndarray, "ndarray_str": self._ndarray_str,
                 "npscalar": self._npscalar, "torch.dtype": self._dtype, "torch.device": self._device,
                 "RandomState": self._random_state, "function": self._callable,
@@ -251,6 +282,20 @@ class ValueDecoder:
         if obj["value"] not in ("nan", "inf", "-inf"):
             raise ValueError(f"invalid float {str(obj['value'])[:40]!r}")
         return float(obj["value"])
+
+    def _needs_complex_version(self, what: str) -> None:
+        if self.format_version < COMPLEX_VERSION:
+            raise ValueError(f"damaged: a file of format version {self.format_version} holds {what}, "
+                             f"which only format version {COMPLEX_VERSION} and later describe")
+
+    def _complex(self, obj, depth):
+        fields(obj, ("real", "imag"))
+        self._needs_complex_version("a complex number")
+        parts = [self.decode(obj[k], depth) for k in ("real", "imag")]
+        if not all(type(p) is float for p in parts):
+            raise ValueError(f"invalid complex number with parts {str(parts)[:80]} (two floats "
+                             "are expected)")
+        return complex(*parts)
 
     def _items(self, kind):
         def build(obj, depth):
@@ -275,17 +320,30 @@ class ValueDecoder:
         return self.tensors[key]
 
     def _tensor(self, obj, depth):
-        fields(obj, ("key", "device", "requires_grad"), ("order",))
-        cache_key = (obj[TAG], obj["key"])
+        fields(obj, ("key", "device", "requires_grad"), ("order", "complex"))
+        is_complex = "complex" in obj
+        if is_complex:
+            if obj["complex"] is not True:
+                raise ValueError(f"invalid 'complex' field {str(obj['complex'])[:40]!r} of tensor "
+                                 f"{str(obj['key'])[:40]!r} (true or absent)")
+            self._needs_complex_version("a complex tensor")
+        cache_key = (obj[TAG], obj["key"], is_complex)
         if cache_key in self._cache:
             return self._cache[cache_key]
         t = self._raw(obj["key"])
+        if is_complex:
+            if t.dtype not in _COMPLEX_PARTS or t.ndim < 1 or t.shape[-1] != 2:
+                raise ValueError(f"damaged: complex tensor {obj['key']} is stored as a {t.dtype} tensor "
+                                 f"of shape {list(t.shape)[:8]}, not as float32 or float64 (real, "
+                                 "imaginary) pairs")
+            t = torch.view_as_complex(t if t.is_contiguous() and t.storage_offset() % 2 == 0
+                                      else t.contiguous().clone())
         if "order" in obj:
             t = t.permute(inverse_permutation(obj["order"], t.ndim))
         t = t.to(self.device(obj["device"]))
         if obj[TAG] == "parameter":
             t = nn.Parameter(t, requires_grad=bool(obj["requires_grad"]))
-        elif t.is_floating_point():
+        elif t.is_floating_point() or t.is_complex():
             t.requires_grad_(bool(obj["requires_grad"]))
         self._cache[cache_key] = t
         return t

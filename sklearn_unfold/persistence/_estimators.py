@@ -18,6 +18,9 @@ from torch import nn
 from . import _allowed
 from ._codec import _PLAIN, TAG, ValueDecoder, ValueEncoder, fields
 
+#: Plain values a sub-module's settings may hold (a complex one makes a format-3 file).
+_SETTING = (*_PLAIN, complex)
+
 
 def _get_target_1d(est):
     return bool(est._target_1d) if hasattr(est, "_target_1d") else None
@@ -80,8 +83,8 @@ class Encoder(ValueEncoder):
         settings = {}
         for name, sub in module.named_modules():
             plain = {k: v for k, v in vars(sub).items() if not k.startswith("_") and k != "training"
-                     and (isinstance(v, _PLAIN) or (isinstance(v, tuple)
-                                                    and all(isinstance(x, _PLAIN) for x in v)))}
+                     and (isinstance(v, _SETTING) or (isinstance(v, tuple)
+                                                      and all(isinstance(x, _SETTING) for x in v)))}
             settings[name] = {"training": bool(sub.training), "values": self.dict(plain, where)}
         state = module.state_dict(keep_vars=False)
         return {TAG: "module", "state_dict": {k: self._tensor(v, f"{where}.{k}") for k, v in state.items()},
@@ -138,10 +141,21 @@ class Decoder(ValueDecoder):
         tensors = {k: self.decode(v, depth) for k, v in state.items()}
         if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise ValueError("a network's state_dict holds something other than tensors")
-        floats = [t for t in tensors.values() if t.is_floating_point()]
-        dtype = floats[0].dtype if floats else torch.float32
-        device = floats[0].device if floats else torch.device("cpu")
+        # the estimators build networks from a real dtype (complex weights, if any, take the
+        # precision of that dtype): a network of complex tensors only is built from their parts'
+        inexact = [t for t in tensors.values() if t.is_floating_point() or t.is_complex()]
+        first = next((t for t in inexact if t.is_floating_point()), inexact[0] if inexact else None)
+        dtype = torch.float32 if first is None else _real_dtype(first.dtype)
+        device = torch.device("cpu") if first is None else first.device
         module = _build(est, device, dtype)
+        built = module.state_dict()
+        flipped = [k for k, t in tensors.items()
+                   if k in built and built[k].is_complex() != t.is_complex()]
+        if flipped:  # load_state_dict would cast complex into real, dropping imaginary parts
+            k = flipped[0]
+            raise ValueError(f"the stored weights do not fit the network a {type(est).__name__} with "
+                             f"these parameters builds: {k!r} is stored as {tensors[k].dtype} but "
+                             f"built as {built[k].dtype}")
         try:
             module.load_state_dict(tensors, strict=True)
         except RuntimeError as exc:
@@ -162,6 +176,11 @@ class Decoder(ValueDecoder):
                         and not isinstance(current, (nn.Module, torch.Tensor)):
                     setattr(sub, key, value)
         return module
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the real and imaginary parts of ``dtype`` (``dtype`` itself when real)."""
+    return torch.empty((), dtype=dtype).real.dtype
 
 
 def _build(est, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -1,6 +1,6 @@
 """Approximate message passing (Donoho-Maleki-Montanari) on row batches.
 
-Each iteration is :func:`sklearn_unfold.steps.amp_step` with ``B = Aᵀ`` and the analytic
+Each iteration is :func:`sklearn_unfold.steps.amp_step` with ``B = Aᴴ`` and the analytic
 Onsager coefficient; see that function for the update equations.
 """
 
@@ -47,7 +47,7 @@ def amp_iterates(
     x0 = torch.zeros((n, op.n_features), dtype=Y.dtype, device=Y.device)
     state = {
         "x": x0, "y": Y, "v": torch.zeros_like(Y),
-        "b": torch.zeros((n, 1), dtype=Y.dtype, device=Y.device),
+        "b": torch.zeros((n, 1), dtype=Y.real.dtype, device=Y.device),
     }
 
     def step(sub, sub_op, t):

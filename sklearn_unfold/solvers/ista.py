@@ -31,7 +31,7 @@ def ista_iterates(
 ) -> Iterator[Tensor]:
     r"""Yield the ISTA (or, with ``accelerated=True``, FISTA) iterates ``x_1, x_2, …``.
 
-    .. math:: x_{t+1} = \mathrm{soft}\big(z_t + Aᵀ(y − A z_t)/L;\ α/L\big)
+    .. math:: x_{t+1} = \mathrm{soft}\big(z_t + Aᴴ(y − A z_t)/L;\ α/L\big)
 
     with ``z_t = x_t`` for ISTA and FISTA's extrapolated point for FISTA. Starts at ``x_0 = 0``;
     each row stops when ``‖x_{t+1} − x_t‖ ≤ tol·‖x_t‖``.
@@ -55,7 +55,7 @@ def ista_iterates(
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
     op.check_batch(Y.shape[0])
     L = op.norm_sq() if lipschitz is None else lipschitz
-    L = torch.as_tensor(L, dtype=torch.float64).to(dtype=Y.dtype, device=Y.device)
+    L = torch.as_tensor(L, dtype=torch.float64).to(dtype=Y.real.dtype, device=Y.device)
     per_row = L.ndim == 2  # a per-sample operator: one step size per row
     x0 = torch.zeros((Y.shape[0], op.n_features), dtype=Y.dtype, device=Y.device)
     state = {"x": x0, "y": Y, "x_prev": x0.clone()}

@@ -14,8 +14,13 @@ __all__ = ["Stage", "layer_nmse"]
 # ----------------------------------------------------------------------------- losses
 def layer_nmse(outputs: Sequence[Tensor], X: Tensor) -> Tensor:
     """Per-layer NMSE ``‖X̂_l − X‖²_F / ‖X‖²_F`` of a batch, as a 1-D tensor over layers."""
-    denom = (X * X).sum().clamp_min(torch.finfo(X.dtype).tiny)
-    return torch.stack([((x - X) ** 2).sum() for x in outputs]) / denom
+    denom = _energy(X).clamp_min(torch.finfo(X.real.dtype).tiny)
+    return torch.stack([_energy(x - X) for x in outputs]) / denom
+
+
+def _energy(t: Tensor) -> Tensor:
+    """``Σ|t|²`` (complex tensors: the squared moduli)."""
+    return (t.real.square() + t.imag.square()).sum() if t.is_complex() else (t * t).sum()
 
 
 @dataclass
