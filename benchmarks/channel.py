@@ -12,8 +12,10 @@ delay-domain channels: ``F[:, :L]`` has orthogonal columns of equal norm) of
 * complex OMP with its sparsity ``k`` tuned on held-out training pairs;
 * complex AMP-bg (30 iterations) and complex VAMP-bg (30 iterations), undamped and damped
   (``damping=0.8``), the Bernoulli-Gaussian prior moment-matched to the training channels;
-* LAMP-bg and LDVAMP-bg (damped, ``damping=0.8``) learned from the training pairs, with the
-  depth they are given (``--layers``), and their training time;
+* LAMP-bg and LDVAMP-bg (damped, ``damping=0.8``) learned from the training pairs with the
+  settings of ``sklearn-unfold compare --problem ofdm``
+  (:data:`sklearn_unfold.channel_comparison.LEARNED_CONFIG`) at the depths given
+  (``--layers``, 20 by default), and their training time;
 * the support oracle (least squares on the true taps), the error floor of any estimator that
   must find the taps,
 
@@ -29,7 +31,7 @@ Usage::
 
     python benchmarks/channel.py --threads 2                   # the three rows
     python benchmarks/channel.py --rows 48-20 --layers 10 20 --threads 2
-    python benchmarks/channel.py --rows 48-20 --snr-sweep --threads 2
+    python benchmarks/channel.py --rows --snr-sweep --threads 2   # only the SNR sweep
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sklearn_unfold import (
     VAMPRegressor,
     nmse_db,
 )
+from sklearn_unfold.channel_comparison import LEARNED_CONFIG
 from sklearn_unfold.channels import (
     make_ofdm_channel_estimation,
     pilot_interpolation,
@@ -84,8 +87,10 @@ def _score(est, Y, X) -> float:
 
 
 def _learned(cls, A, n_layers: int, seed: int, **kwargs):
-    extra = {"damping": DAMPING} if cls is LDVAMPRegressor else {}
-    return cls(A=A, n_layers=n_layers, random_state=seed, **extra, **kwargs)
+    """The network of ``compare --problem ofdm`` (its ``LEARNED_CONFIG``) at depth ``n_layers``."""
+    config = dict(LEARNED_CONFIG["lamp" if cls is LAMPRegressor else "ldvamp"])
+    config.update(n_layers=n_layers, random_state=seed, **kwargs)
+    return cls(A=A, **config)
 
 
 def run_row(name: str, args) -> dict[str, float]:
@@ -179,7 +184,8 @@ def snr_sweep(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS),
+                        help="rows of the table (none: only the SNR sweep)")
     parser.add_argument("--layers", nargs="+", type=int, default=[20])
     parser.add_argument("--networks", nargs="+", choices=["lamp", "ldvamp"],
                         default=["lamp", "ldvamp"])

@@ -56,9 +56,15 @@ OFDM_PROBLEM = MappingProxyType({"n_subcarriers": 1024, "n_taps": 128, "n_pilots
 #: fewer pairs (read-only).
 QUICK_OFDM = MappingProxyType({**OFDM_PROBLEM, "n_train": 2000, "n_test": 500})
 #: The parameters of the learned networks (read-only), besides ``A`` and ``random_state``. They
-#: train on the given pairs (no signal prior), with each estimator's default schedule.
-LEARNED_CONFIG = MappingProxyType({"lamp": MappingProxyType({"n_layers": 10}),
-                                   "ldvamp": MappingProxyType({"n_layers": 10})})
+#: train on the given pairs (no signal prior), with each estimator's default schedule but a
+#: longer patience: on these channels the validation NMSE improves by less than the default
+#: ``tol`` per check for long stretches. LDVAMP unrolls damped VAMP (as VAMP-bg is run here);
+#: 20 layers is the depth at which both networks reach VAMP-bg's 30 iterations (the
+#: benchmarks page of the documentation has the depth study, ``benchmarks/channel.py``).
+LEARNED_CONFIG = MappingProxyType({
+    "lamp": MappingProxyType({"n_layers": 20, "n_iter_no_change": 10}),
+    "ldvamp": MappingProxyType({"n_layers": 20, "damping": 0.8, "n_iter_no_change": 10}),
+})
 #: The learned networks' ``max_epochs`` cap with ``quick=True`` (passes over the pairs per stage).
 QUICK_MAX_EPOCHS = 5
 

@@ -227,6 +227,8 @@ LEARNED = [LISTARegressor, LAMPRegressor, LDVAMPRegressor]
 def _make(cls, A, **kwargs):
     if cls in LEARNED:
         kwargs = {"n_layers": 4, "max_epochs": 2, "random_state": 0, **kwargs}
+    elif cls in (ISTARegressor, FISTARegressor):  # within 0.5 dB of the LASSO solution
+        kwargs = {"max_iter": 1500 if cls is ISTARegressor else 300, **kwargs}
     return cls(A=A, **kwargs)
 
 
@@ -320,3 +322,23 @@ def test_complex_prior_fit_and_sample():
     T = prior.sample_tensor(500, generator=g, dtype=torch.float32)
     assert T.dtype == torch.complex64
     assert float((T.abs() ** 2).mean()) == pytest.approx(0.6, rel=0.05)
+
+
+def test_complex_alista_weight_is_normalised_and_least_coherent(cgiid):
+    from sklearn_unfold.networks.lista import analytic_weight, pseudo_inverse_weight
+
+    A = torch.as_tensor(cgiid["A"])
+    W = analytic_weight(A)
+    gram = W.mH @ A
+    np.testing.assert_allclose(torch.diagonal(gram).numpy(), np.ones(A.shape[1]), atol=1e-10)
+    # a small perturbation that keeps the normalisation never lowers the coherence
+    off = (gram - torch.diag(torch.diagonal(gram))).abs().square().sum()
+    g = torch.Generator().manual_seed(0)
+    D = 1e-3 * torch.randn(W.shape, generator=g, dtype=torch.complex128)
+    W2 = W + D
+    W2 = W2 / (W2.conj() * A).sum(dim=0, keepdim=True).conj()
+    gram2 = W2.mH @ A
+    assert float((gram2 - torch.diag(torch.diagonal(gram2))).abs().square().sum()) >= float(off)
+    # the pseudo-inverse back-projection: A A⁺ ≈ I on the row space
+    B = pseudo_inverse_weight(A, ridge=1e-12)
+    np.testing.assert_allclose((A @ B).numpy(), np.eye(A.shape[0]), atol=1e-8)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..operators import LinearOperator
+from ..steps import row_norm
 
 StepFn = Callable[[dict[str, Tensor], LinearOperator, int], tuple[dict[str, Tensor], Tensor | None]]
 
@@ -85,7 +86,7 @@ def run_iterations(
             new["x"] = x_new
         # relative change, without a division: no absolute floor (a row at any scale stops
         # at the same iteration), and a row that stays at zero stops at once
-        done = ((x_new - x_old).norm(dim=1) <= tol * x_old.norm(dim=1)) & ~blown
+        done = (row_norm(x_new - x_old) <= tol * row_norm(x_old)) & ~blown
         # a fresh tensor every iteration (the steps never write into their inputs): what was
         # yielded is never changed afterwards
         x_full = x_new if idx.numel() == n else x_full.index_copy(0, idx, x_new)
