@@ -283,6 +283,13 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     unavailable. It starts from the fitted VAMP (``init_estimator_``, a
     :class:`~sklearn_unfold.VAMPRegressor`) and keeps VAMP's robustness to ill-conditioned ``A``.
 
+    The learned noise precision ties the network to the noise level of its training pairs:
+    measurements at a much lower SNR than that are recovered far worse than by VAMP matched to
+    their noise, and training over a range of SNRs learns an average precision that serves
+    none of them well (:class:`LAMPRegressor`, which estimates each sample's noise level from
+    its residual at every layer, degrades gracefully; the :doc:`/benchmarks` page has the
+    measurements).
+
     Parameters
     ----------
     %A%
