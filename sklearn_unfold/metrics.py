@@ -94,13 +94,14 @@ def nmse_db(X_true: ArrayLike, X_pred: ArrayLike) -> float:
     Returns
     -------
     float
-        The NMSE of :func:`~sklearn_unfold.metrics.nmse` in dB (a perfect estimate gives -3000 dB, the floor of
-        ``10 log10(1e-300)``).
+        The NMSE of :func:`~sklearn_unfold.metrics.nmse` in dB (a perfect estimate gives
+        -3000 dB, the floor of ``10 log10(1e-300)``).
 
     Raises
     ------
     ValueError
-        As :func:`~sklearn_unfold.metrics.nmse`: different shapes, non-finite values, or an all-zero ``X_true``.
+        As :func:`~sklearn_unfold.metrics.nmse`: different shapes, non-finite values, or an
+        all-zero ``X_true``.
 
     Examples
     --------
