@@ -28,8 +28,6 @@ Examples
 
 from __future__ import annotations
 
-import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .channels import make_ofdm_channel_estimation, pilot_interpolation, support_oracle
-from .comparison import ComparisonResult, Method, _chunk_errors, _notes, learned_import_error
+from .comparison import ComparisonResult, Method, _fit_and_score, _notes, learned_import_error
 from .estimators import AMPRegressor, LinearMMSERegressor, OMPRegressor, VAMPRegressor
 from .operators import PilotDFT
 from .operators.ofdm import pilot_dft_matrix
@@ -292,31 +290,15 @@ def _run_method(name: str, data: ChannelData, *, random_state: int, curves: bool
     params = est.get_params() if hasattr(est, "get_params") else {}
     iterative = "max_iter" in params
     staged = curves and hasattr(est, "staged_predict") and (iterative or "n_layers" in params)
+
+    def with_support(model, sl: slice):
+        return _WithSupport(model, data.X_test[sl] != 0)
+
+    curve, fit_seconds, elapsed, n_iter, caught = _fit_and_score(
+        est, method.label, data.Y_train, data.X_train, data.Y_test, target, staged=staged,
+        chunk_size=chunk_size, progress=progress,
+        predictor=with_support if getattr(est, "needs_support", False) else None)
     n_test = data.Y_test.shape[0]
-    total, elapsed, n_iter = None, 0.0, None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        start = time.perf_counter()
-        est.fit(data.Y_train, data.X_train)
-        fit_seconds = time.perf_counter() - start
-        with tqdm(total=n_test, desc=f"{method.label} predict", unit="sample", leave=False,
-                  disable=not progress) as bar:
-            for lo in range(0, n_test, chunk_size):
-                sl = slice(lo, lo + chunk_size)
-                predictor = (_WithSupport(est, data.X_test[sl] != 0)
-                             if getattr(est, "needs_support", False) else est)
-                errs, dt = _chunk_errors(predictor, data.Y_test[sl], target[sl], staged)
-                elapsed += dt
-                if total is not None and errs.size < total.size:  # this chunk stopped sooner
-                    errs = np.pad(errs, (0, total.size - errs.size), mode="edge")
-                elif total is not None:
-                    total = np.pad(total, (0, errs.size - total.size), mode="edge")
-                total = errs if total is None else total + errs
-                if not staged and iterative and hasattr(est, "n_iter_"):
-                    n_iter = max(n_iter or 0, int(est.n_iter_))
-                bar.update(min(chunk_size, n_test - lo))
-    energy = float(np.sum(target.real ** 2 + target.imag ** 2))
-    curve = 10.0 * np.log10(np.maximum(total, 1e-300) / energy)
     if staged:
         n_iter = curve.size
     elif n_iter is None:

@@ -346,25 +346,29 @@ def _chunk_errors(est, Y: np.ndarray, X: np.ndarray, staged: bool) -> tuple[np.n
     return np.array(errs), elapsed + time.perf_counter() - start
 
 
-def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: bool,
-                chunk_size: int, progress: bool, quick: bool) -> ComparisonResult:
-    method = METHODS[name]
-    est = method.build(data, random_state, quick=quick)
-    if progress and method.learned and "verbose" in est.get_params():
-        est.set_params(verbose=1)  # the training engine's own progress bar
-    staged = curves and hasattr(est, "staged_predict")
-    n_test = data.Y_test.shape[0]
+def _fit_and_score(est, label: str, Y_train: np.ndarray, X_train: np.ndarray,
+                   Y_test: np.ndarray, target: np.ndarray, *, staged: bool, chunk_size: int,
+                   progress: bool, predictor: Callable | None = None):
+    """Fit ``est``, then its test NMSE (dB) against ``target``, chunk by chunk.
+
+    Returns ``(curve, fit_seconds, predict_seconds, n_iter, caught_warnings)``: the NMSE after
+    every stage (``staged``) or only the last, and the largest ``n_iter_`` over the chunks (when
+    not staged). ``predictor(est, chunk_slice)``, when given, is what predicts each chunk (an
+    estimator that needs more than the measurements, such as the test signals' support).
+    """
+    n_test = Y_test.shape[0]
     total, elapsed, n_iter = None, 0.0, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
-        est.fit(data.Y_train, data.X_train)
+        est.fit(Y_train, X_train)
         fit_seconds = time.perf_counter() - start
-        with tqdm(total=n_test, desc=f"{method.label} predict", unit="sample", leave=False,
+        with tqdm(total=n_test, desc=f"{label} predict", unit="sample", leave=False,
                   disable=not progress) as bar:
             for lo in range(0, n_test, chunk_size):
                 sl = slice(lo, lo + chunk_size)
-                errs, dt = _chunk_errors(est, data.Y_test[sl], data.X_test[sl], staged)
+                model = est if predictor is None else predictor(est, sl)
+                errs, dt = _chunk_errors(model, Y_test[sl], target[sl], staged)
                 elapsed += dt
                 if total is not None and errs.size < total.size:  # this chunk stopped sooner
                     errs = np.pad(errs, (0, total.size - errs.size), mode="edge")
@@ -374,13 +378,26 @@ def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: b
                 if not staged and hasattr(est, "n_iter_"):
                     n_iter = max(n_iter or 0, int(est.n_iter_))
                 bar.update(min(chunk_size, n_test - lo))
-    curve = 10.0 * np.log10(np.maximum(total, 1e-300) / np.sum(np.abs(data.X_test) ** 2))
+    curve = 10.0 * np.log10(np.maximum(total, 1e-300) / np.sum(np.abs(target) ** 2))
+    return curve, fit_seconds, elapsed, n_iter, list(caught)
+
+
+def _run_method(name: str, data: ComparisonData, *, random_state: int, curves: bool,
+                chunk_size: int, progress: bool, quick: bool) -> ComparisonResult:
+    method = METHODS[name]
+    est = method.build(data, random_state, quick=quick)
+    if progress and method.learned and "verbose" in est.get_params():
+        est.set_params(verbose=1)  # the training engine's own progress bar
+    staged = curves and hasattr(est, "staged_predict")
+    curve, fit_seconds, elapsed, n_iter, caught = _fit_and_score(
+        est, method.label, data.Y_train, data.X_train, data.Y_test, data.X_test, staged=staged,
+        chunk_size=chunk_size, progress=progress)
     if staged:
         n_iter = curve.size
     elif n_iter is None:
         n_iter = getattr(est, "n_layers", None)
     return ComparisonResult(name, method.label, n_iter, float(curve[-1]), fit_seconds,
-                            1e3 * elapsed / n_test, _notes(est, caught),
+                            1e3 * elapsed / data.Y_test.shape[0], _notes(est, caught),
                             curve if staged else None)
 
 
