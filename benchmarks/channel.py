@@ -23,9 +23,10 @@ beside the figures measured while planning with an independent numpy prototype, 
 the targets: VAMP-bg within 0.5 dB of the planned figure, the learned networks at least as good
 as VAMP-bg in the same run.
 
-``--snr-sweep`` adds, at ``P = 48``: the networks trained at 20 dB evaluated at 10 and 30 dB
-(next to VAMP-bg matched to each SNR), and networks trained over an SNR range (the training
-pairs split evenly over 0, 5, …, 30 dB) against VAMP-bg matched to each SNR from 0 to 30 dB.
+``--snr-sweep`` adds, at ``P = 48``: LAMP, LDVAMP and LDVAMP with ``adaptive_noise=True``
+trained at 20 dB and evaluated from 0 to 30 dB, and the same networks trained over an SNR
+range (the training pairs split evenly over 0, 5, …, 30 dB), against VAMP-bg matched to each
+SNR (its prior and noise variance fitted to pairs of that SNR).
 
 Usage::
 
@@ -147,17 +148,20 @@ def snr_sweep(args) -> None:
     n_layers = max(args.layers)
     Y, X, A = make_ofdm_channel_estimation(args.n_train, n_pilots=P, snr_db=20.0,
                                            random_state=args.seed)
-    nets20 = {cls.__name__[:-9]: _timed_fit(_learned(cls, A, n_layers, args.seed), Y, X)[0]
-              for cls in (LAMPRegressor, LDVAMPRegressor)
-              if cls.__name__[:-9].lower() in args.networks}
+    kinds = [(name, cls, extra) for name, cls, extra in (
+        ("LAMP", LAMPRegressor, {}), ("LDVAMP", LDVAMPRegressor, {}),
+        ("LDVAMP adaptive", LDVAMPRegressor, {"adaptive_noise": True}))
+        if cls.__name__[:-9].lower() in args.networks]
+    nets20 = {name: _timed_fit(_learned(cls, A, n_layers, args.seed, **extra), Y, X)[0]
+              for name, cls, extra in kinds}
     # training pairs spread evenly over the SNR grid, through the same pilots
     per = args.n_train // len(SWEEP_SNRS)
     parts = [make_ofdm_channel_estimation(per, pilots=A, snr_db=s, random_state=args.seed + 1 + i)
              for i, s in enumerate(SWEEP_SNRS)]
     Ymix = np.concatenate([p[0] for p in parts])
     Xmix = np.concatenate([p[1] for p in parts])
-    nets_mix = {name: _timed_fit(_learned(type(net), A, n_layers, args.seed), Ymix, Xmix)[0]
-                for name, net in nets20.items()}
+    nets_mix = {name: _timed_fit(_learned(cls, A, n_layers, args.seed, **extra), Ymix, Xmix)[0]
+                for name, cls, extra in kinds}
     print(f"\n## NMSE (dB) against SNR, P = {P}, {n_layers} layers (VAMP-bg matched to each "
           f"SNR, damping {DAMPING}, 30 iterations)")
     head = " | ".join([f"{k} @20 dB" for k in nets20] + [f"{k} over 0-30 dB" for k in nets_mix])

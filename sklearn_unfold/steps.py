@@ -249,7 +249,8 @@ def vamp_step(
     gamma1_scale: float | Tensor = 1.0,
     gamma2_scale: float | Tensor = 1.0,
     precision_bounds: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y: Tensor | None = None,
+) -> tuple[Tensor, ...]:
     r"""One VAMP / LDVAMP iteration: the LMMSE stage, then the denoiser stage.
 
     .. math::
@@ -270,10 +271,27 @@ def vamp_step(
     from ``γ2/γw`` with a unit noise precision: a tiny ``σw²`` (a huge ``γw``) cannot overflow
     it. ``precision_bounds`` (:func:`vamp_precision_bounds` of the starting precision) keeps
     ``γ1`` and ``γ2⁺`` in a range relative to the data; without it they are only kept positive.
+
+    With the measurements ``y`` given, the noise precision is also re-estimated per sample from
+    the LMMSE stage's belief ``N(x̂2, C)``, ``C = (γw AᴴA + γ2 I)⁻¹``, by expectation
+    maximisation (adaptive VAMP; Fletcher, Sahraee-Ardakan, Rangan and Schniter, "Rigorous
+    dynamics and consistent estimation in arbitrarily conditioned linear systems", NeurIPS
+    2017), and returned as a fifth output:
+
+    .. math:: \frac{1}{γ_w^+} = \frac{1}{M}\Big(\|y - A\hat x_2\|^2
+              + \mathrm{tr}(A C Aᴴ)\Big), \qquad \mathrm{tr}(A C Aᴴ) = \frac{N(1-α_2)}{γ_w}
+
+    (``γw`` is then a per-sample ``(n, 1)`` column).
     """
     x2, alpha2 = op.lmmse(r2, gamma2 / gamma_w, context, 1.0, gain_scale=gain_scale)
     r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)
     gamma1 = _clamp_precision(gamma1_scale * gamma1, precision_bounds)
     x1, alpha1 = denoiser(r1, gamma1.rsqrt(), theta)
     r2_new, gamma2_new = _extrinsic(x1, alpha1, r1, gamma1)
-    return x1, r2_new, _clamp_precision(gamma2_scale * gamma2_new, precision_bounds), gamma1
+    out = (x1, r2_new, _clamp_precision(gamma2_scale * gamma2_new, precision_bounds), gamma1)
+    if y is None:
+        return out
+    M, N = op.n_measurements, op.n_features
+    resid = row_norm(op.residual(y, x2)).unsqueeze(-1) ** 2
+    noise_var = (resid + N * (1.0 - alpha2) / gamma_w) / M
+    return (*out, 1.0 / noise_var.clamp_min(_tiny(noise_var.dtype)))

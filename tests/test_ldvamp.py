@@ -253,3 +253,25 @@ def test_learned_damping_trains_and_stays_in_range(problem):
     beta = net.layer_summary()["damping"]
     assert np.all((beta >= 0.05) & (beta <= 1.0))
     assert not np.allclose(beta[1:], 0.9)  # gradients reach the dampings
+
+
+def test_adaptive_noise_init_equals_adaptive_vamp_iterates():
+    """With adaptive_noise the untrained network is adaptive (EM) VAMP, layer by layer, and it
+    learns one correction per layer instead of one noise precision."""
+    Y, _, A, noise_var = make_compressed_sensing("kappa15", 40, n_features=N, n_measurements=M,
+                                                 random_state=0, return_noise_var=True)
+    theta = bg_theta(P, V)
+    net = LDVAMPNetwork.from_vamp(A, "bg", theta, 30 * noise_var, P * V, 6, damping=0.8,
+                                  adaptive_noise=True, dtype=torch.float64)
+    Y = torch.as_tensor(Y)
+    with torch.no_grad():
+        outs = net(Y, as_operator(A))
+        ref = list(vamp_iterates(Y, A, get_denoiser("bg"), torch.as_tensor(theta),
+                                 30 * noise_var, P * V, max_iter=6, tol=0.0, damping=0.8,
+                                 adaptive_noise=True))
+    for out, x in zip(outs, ref, strict=True):
+        torch.testing.assert_close(out, x, rtol=1e-9, atol=1e-10)
+    summary = net.layer_summary()
+    assert "noise_precision" not in summary
+    np.testing.assert_array_equal(summary["noise_precision_scale"], np.ones(6))
+    assert not hasattr(net, "log_gamma_w") and len(net.log_cw) == 6

@@ -374,6 +374,12 @@ class VAMPRegressor(_MessagePassingBase):
         As in :class:`AMPRegressor` (``max_iter`` defaults to 50).
     damping : float in (0, 1], default=1.0
         Damping of the message ``r2`` and the precision ``γ2``; 1 is undamped.
+    adaptive_noise : bool, default=False
+        Re-estimate each sample's noise precision at every iteration by expectation
+        maximisation (adaptive VAMP; Fletcher et al., NeurIPS 2017), starting from
+        ``noise_var_``: measurements whose SNR differs from the training pairs' are recovered
+        nearly as if their noise level were known (see
+        :func:`~sklearn_unfold.solvers.vamp_iterates`).
 
     Attributes
     ----------
@@ -386,13 +392,20 @@ class VAMPRegressor(_MessagePassingBase):
 
     _algorithm = "vamp"
 
-    def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0, max_iter=50,
-                 tol=1e-6, noise_var="auto", sparsity="auto", signal_var="auto",
-                 batch_size=4096, dtype="float64", verbose=0):
+    _parameter_constraints: dict = {
+        **_MessagePassingBase._parameter_constraints,
+        "adaptive_noise": ["boolean"],
+    }
+
+    def __init__(self, A=None, *, denoiser="bg", threshold="auto", damping=1.0,
+                 adaptive_noise=False, max_iter=50, tol=1e-6, noise_var="auto",
+                 sparsity="auto", signal_var="auto", batch_size=4096, dtype="float64",
+                 verbose=0):
         self.A = A
         self.denoiser = denoiser
         self.threshold = threshold
         self.damping = damping
+        self.adaptive_noise = adaptive_noise
         self.max_iter = max_iter
         self.tol = tol
         self.noise_var = noise_var
@@ -410,4 +423,5 @@ class VAMPRegressor(_MessagePassingBase):
     def _solver_iterates(self, Y, op, report):
         return vamp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.real.dtype), self.noise_var_,
                              self.sparsity_ * self.signal_var_, max_iter=self.max_iter,
-                             tol=self.tol, damping=self.damping, report=report)
+                             tol=self.tol, damping=self.damping,
+                             adaptive_noise=self.adaptive_noise, report=report)

@@ -302,12 +302,20 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         below 1 every layer from the second on learns its own damping ``β_t`` of the message
         ``r_2`` and the precision ``γ_2``, starting at this value. Undamped VAMP can oscillate
         on structured operators (a partial DFT of few pilots, say), where damping ``0.8``
-        makes it converge; 1 keeps the undamped network.%COMMON%
+        makes it converge; 1 keeps the undamped network.
+    adaptive_noise : bool, default=False
+        Unroll adaptive VAMP: every layer re-estimates each sample's noise precision by
+        expectation maximisation (starting from ``noise_var_``) and learns only a correction
+        of it, instead of learning one noise precision per layer. The network then serves
+        measurements of any SNR, and can be trained over a range of SNRs.%COMMON%
 
     Attributes
     ----------
-    noise_precision_ : ndarray of shape (n_layers,)
-        The learned ``γ_{w,t}``.
+    noise_precision_ : ndarray of shape (n_layers,) or None
+        The learned ``γ_{w,t}`` (``None`` with ``adaptive_noise``).
+    noise_precision_scale_ : ndarray of shape (n_layers,) or None
+        With ``adaptive_noise``, the learned corrections of each layer's estimated noise
+        precision (``None`` otherwise).
     gamma1_scale_, gamma2_scale_ : ndarray of shape (n_layers,)
         The learned precision corrections ``c_{1,t}``, ``c_{2,t}``.
     theta_ : ndarray of shape (n_layers, n_theta)
@@ -322,10 +330,11 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         "denoiser": [StrOptions(set(LAMP_DENOISERS))],
         "gains": ["boolean"],
         "damping": [Interval(Real, 0, 1, closed="right")],
+        "adaptive_noise": ["boolean"],
     }
 
-    def __init__(self, A=None, *, denoiser="bg", gains=False, damping=1.0, n_layers=10,
-                 tied=False,
+    def __init__(self, A=None, *, denoiser="bg", gains=False, damping=1.0,
+                 adaptive_noise=False, n_layers=10, tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=20,
                  batch_size=500, learning_rate=3e-3, validation_fraction="auto",
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
@@ -339,6 +348,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.denoiser = denoiser
         self.gains = gains
         self.damping = damping
+        self.adaptive_noise = adaptive_noise
         self.init = init
         self.training = training
         self.curriculum = curriculum
@@ -367,7 +377,7 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     def _make_init_estimator(self):
         return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
                              noise_var=self._scaled_noise_var(), damping=self.damping,
-                             batch_size=self.batch_size)
+                             adaptive_noise=self.adaptive_noise, batch_size=self.batch_size)
 
     def _build_module(self, device, dtype, fit_op):
         theta = _analytic_theta(self.denoiser, self.init_estimator_)
@@ -382,14 +392,18 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op), self.denoiser, theta,
                                        self._scaled_noise_var(), second_moment, self.n_layers,
                                        tied=self.tied, gains=self.gains,
-                                       damping=self.damping, dtype=dtype, device=device)
+                                       damping=self.damping,
+                                       adaptive_noise=self.adaptive_noise, dtype=dtype,
+                                       device=device)
 
     def _architecture_extra(self) -> dict:
-        return {"denoiser": self.denoiser, "gains": self.gains, "damping": float(self.damping)}
+        return {"denoiser": self.denoiser, "gains": self.gains, "damping": float(self.damping),
+                "adaptive_noise": bool(self.adaptive_noise)}
 
     def _set_coefficients(self, summary: dict) -> None:
         super()._set_coefficients(summary)
-        self.noise_precision_ = summary["noise_precision"]
+        self.noise_precision_ = summary.get("noise_precision")
+        self.noise_precision_scale_ = summary.get("noise_precision_scale")
         self.gamma1_scale_ = summary["gamma1_scale"]
         self.gamma2_scale_ = summary["gamma2_scale"]
         self.theta_ = summary["theta"]

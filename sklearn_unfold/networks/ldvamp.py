@@ -46,7 +46,11 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     :func:`~sklearn_unfold.steps.vamp_initial_precision`, as
     :func:`~sklearn_unfold.solvers.vamp_iterates` does. Learned per layer:
 
-    * ``γ_{w,t} = exp(log_gamma_w[t])``, initialised at ``1/σ_w²`` (Borgerding's LVAMP);
+    * ``γ_{w,t} = exp(log_gamma_w[t])``, initialised at ``1/σ_w²`` (Borgerding's LVAMP); or,
+      with ``adaptive_noise``, ``γ_{w,t} = \hat γ_{w,t} exp(log_cw[t])``: each sample's own
+      noise precision, re-estimated in every layer by expectation maximisation (adaptive VAMP,
+      :func:`~sklearn_unfold.steps.vamp_step`; ``\hat γ_{w,0} = 1/σ_w²``), times a learned
+      correction initialised at 1. The network then serves measurements of any SNR;
     * ``c_{1,t} = exp(log_c1[t])``, ``c_{2,t} = exp(log_c2[t])``, initialised at 1. The ``γ_2``
       correction multiplies the precision that layer ``t`` *receives*; placed there, the first
       layer learns its initial precision and every layer's parameters reach the output;
@@ -90,8 +94,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
 
     def __init__(self, n_layers: int, operator_shape, denoiser: str, theta, noise_var: float,
                  signal_second_moment: float, *, tied: bool = False, n_gains: int = 0,
-                 damping: float = 1.0, dtype: torch.dtype = torch.float32, device=None,
-                 mlp_hidden: int = 16):
+                 damping: float = 1.0, adaptive_noise: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None, mlp_hidden: int = 16):
         super().__init__(n_layers, tied)
         if signal_second_moment <= 0:
             raise ValueError(f"signal_second_moment must be > 0; got {signal_second_moment}.")
@@ -105,9 +109,16 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         self.operator_agnostic = not self.gains
         self.signal_second_moment = float(signal_second_moment)
         self.noise_var = max(float(noise_var), _MIN_NOISE_VAR * self.signal_second_moment)
-        self.add_layer_params(
-            "log_gamma_w", lambda: make_param([math.log(1.0 / self.noise_var)], dtype, device),
-            tieable=True)
+        #: Whether each sample's noise precision is re-estimated in every layer (adaptive VAMP).
+        self.adaptive_noise = bool(adaptive_noise)
+        if self.adaptive_noise:  # a learned correction of each layer's per-sample estimate
+            self.add_layer_params("log_cw", lambda: make_param([0.0], dtype, device),
+                                  tieable=True)
+        else:
+            self.add_layer_params(
+                "log_gamma_w",
+                lambda: make_param([math.log(1.0 / self.noise_var)], dtype, device),
+                tieable=True)
         if self.gains:
             self.add_layer_params("gain", lambda: make_param(np.ones(self.n_gains), dtype, device),
                                   tieable=True)
@@ -122,8 +133,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     @classmethod
     def from_vamp(cls, A, denoiser: str, theta, noise_var: float, signal_second_moment: float,
                   n_layers: int, *, tied: bool = False, gains: bool = False,
-                  damping: float = 1.0, dtype: torch.dtype = torch.float32,
-                  device=None) -> LDVAMPNetwork:
+                  damping: float = 1.0, adaptive_noise: bool = False,
+                  dtype: torch.dtype = torch.float32, device=None) -> LDVAMPNetwork:
         """Build the network whose layers are, at initialisation, the iterations of VAMP.
 
         Parameters
@@ -138,6 +149,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         damping : float in (0, 1], default=1.0
             The VAMP damping ``β`` unrolled (see :func:`~sklearn_unfold.solvers.vamp_iterates`);
             below 1 each layer from the second on learns its own ``β_t``, starting at ``β``.
+        adaptive_noise : bool, default=False
+            Unroll adaptive VAMP: see the class docstring.
         dtype, device
             Of the parameters.
 
@@ -156,7 +169,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                                  f"got {type(op).__name__} of shape {op.shape}.")
             n_gains = int(svd[1].shape[-1])
         return cls(n_layers, op.shape[-2:], denoiser, theta, noise_var, signal_second_moment,
-                   tied=tied, n_gains=n_gains, damping=damping, dtype=dtype, device=device)
+                   tied=tied, n_gains=n_gains, damping=damping, adaptive_noise=adaptive_noise,
+                   dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ interface
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
@@ -174,14 +188,23 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         gamma2 = vamp_initial_precision(Y, op.frobenius_sq(), self.noise_var,
                                         self.signal_second_moment)
         bounds = vamp_precision_bounds(gamma2.detach())  # relative to the data: scale-free
+        if self.adaptive_noise:  # each sample's estimate, from the training noise level on
+            gamma_w_hat = torch.full((n, 1), 1.0 / self.noise_var, dtype=gamma2.dtype,
+                                     device=Y.device)
         outs = []
         for t in range(self.n_active):
             fn, theta = self._denoise(t)
-            x1, r2_new, gamma2_new, _ = vamp_step(
-                r2, gamma2 * self.log_c2[t].exp(), context, op,
-                self.layer_param("log_gamma_w", t).exp(), fn, theta,
+            if self.adaptive_noise:
+                gamma_w = gamma_w_hat * self.layer_param("log_cw", t).exp()
+            else:
+                gamma_w = self.layer_param("log_gamma_w", t).exp()
+            x1, r2_new, gamma2_new, _, *em = vamp_step(
+                r2, gamma2 * self.log_c2[t].exp(), context, op, gamma_w, fn, theta,
                 gain_scale=self.layer_param("gain", t) if self.gains else None,
-                gamma1_scale=self.log_c1[t].exp(), precision_bounds=bounds)
+                gamma1_scale=self.log_c1[t].exp(), precision_bounds=bounds,
+                y=Y if self.adaptive_noise else None)
+            if em:
+                gamma_w_hat = em[0]
             if self.damped and t > 0:  # VAMP's damping (vamp_iterates), with a learned β_t
                 beta = self.layer_param("damping", t).clamp(_MIN_DAMPING, 1.0)
                 r2_new = beta * r2_new + (1.0 - beta) * r2
@@ -198,8 +221,10 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         with gains only).
         """
         T = self.n_layers
+        noise = ("noise_precision_scale", "log_cw") if self.adaptive_noise else (
+            "noise_precision", "log_gamma_w")
         out = {
-            "noise_precision": self.per_layer_values("log_gamma_w", torch.exp).reshape(T),
+            noise[0]: self.per_layer_values(noise[1], torch.exp).reshape(T),
             "gamma1_scale": self.per_layer_values("log_c1", torch.exp).reshape(T),
             "gamma2_scale": self.per_layer_values("log_c2", torch.exp).reshape(T),
             "theta": self.per_layer_values("theta"),

@@ -28,6 +28,7 @@ def vamp_iterates(
     max_iter: int = 100,
     tol: float = 1e-6,
     damping: float = 1.0,
+    adaptive_noise: bool = False,
     report: IterationReport | None = None,
 ) -> Iterator[Tensor]:
     r"""Yield the VAMP denoiser outputs ``x̂1`` after each iteration.
@@ -45,9 +46,15 @@ def vamp_iterates(
     Parameters
     ----------
     noise_var : float
-        ``σw²``; the LMMSE stage uses ``γw = 1/σw²``.
+        ``σw²``; the LMMSE stage uses ``γw = 1/σw²`` (with ``adaptive_noise``, at the first
+        iteration).
     signal_second_moment : float
         The prior's ``E[x²]``; it floors the per-sample estimate of the initial precision.
+    adaptive_noise : bool, default=False
+        Re-estimate each sample's noise precision at every iteration by expectation
+        maximisation (adaptive VAMP, see :func:`~sklearn_unfold.steps.vamp_step`), starting
+        from ``1/noise_var``: measurements of any SNR are then recovered as if their noise
+        level were known.
 
     The LMMSE stage is the operator's
     (:meth:`~sklearn_unfold.operators.LinearOperator.lmmse`): through its SVD (computed once
@@ -65,15 +72,23 @@ def vamp_iterates(
         "gamma2": gamma0, "gamma0": gamma0,
     }
     gamma_w = 1.0 / noise_var
+    if adaptive_noise:
+        state["y"] = Y
+        state["gamma_w"] = torch.full((n, 1), gamma_w, dtype=gamma0.dtype, device=Y.device)
 
     def step(sub, sub_op, t):
-        x1, r2, gamma2, _ = vamp_step(sub["r2"], sub["gamma2"], sub["ctx"], sub_op, gamma_w,
-                                      denoiser, theta,
-                                      precision_bounds=vamp_precision_bounds(sub["gamma0"]))
+        out = vamp_step(sub["r2"], sub["gamma2"], sub["ctx"], sub_op,
+                        sub["gamma_w"] if adaptive_noise else gamma_w, denoiser, theta,
+                        precision_bounds=vamp_precision_bounds(sub["gamma0"]),
+                        y=sub["y"] if adaptive_noise else None)
+        x1, r2, gamma2 = out[:3]
         if damping != 1.0 and t > 0:
             r2 = damping * r2 + (1.0 - damping) * sub["r2"]
             gamma2 = (damping * gamma2.rsqrt() + (1.0 - damping) * sub["gamma2"].rsqrt()) ** -2
-        return {"x": x1, "r2": r2, "gamma2": gamma2}, None
+        new = {"x": x1, "r2": r2, "gamma2": gamma2}
+        if adaptive_noise:
+            new["gamma_w"] = out[4]
+        return new, None
 
     yield from run_iterations(step, state, op, max_iter=max_iter, tol=tol,
                               report=report if report is not None else IterationReport())
