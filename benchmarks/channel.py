@@ -151,7 +151,7 @@ def snr_sweep(args) -> None:
     kinds = [(name, cls, extra) for name, cls, extra in (
         ("LAMP", LAMPRegressor, {}), ("LDVAMP", LDVAMPRegressor, {}),
         ("LDVAMP adaptive", LDVAMPRegressor, {"adaptive_noise": True}))
-        if cls.__name__[:-9].lower() in args.networks]
+        if name.lower().replace(" ", "-") in args.networks]
     nets20 = {name: _timed_fit(_learned(cls, A, n_layers, args.seed, **extra), Y, X)[0]
               for name, cls, extra in kinds}
     # training pairs spread evenly over the SNR grid, through the same pilots
@@ -191,8 +191,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS),
                         help="rows of the table (none: only the SNR sweep)")
     parser.add_argument("--layers", nargs="+", type=int, default=[20])
-    parser.add_argument("--networks", nargs="+", choices=["lamp", "ldvamp"],
-                        default=["lamp", "ldvamp"])
+    parser.add_argument("--networks", nargs="+", choices=["lamp", "ldvamp", "ldvamp-adaptive"],
+                        default=["lamp", "ldvamp", "ldvamp-adaptive"],
+                        help="learned networks (ldvamp-adaptive: in the SNR sweep only)")
     parser.add_argument("--n-train", type=int, default=20000)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)

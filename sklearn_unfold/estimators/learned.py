@@ -286,9 +286,9 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     The learned noise precision ties the network to the noise level of its training pairs:
     measurements at a much lower SNR than that are recovered far worse than by VAMP matched to
     their noise, and training over a range of SNRs learns an average precision that serves
-    none of them well (:class:`LAMPRegressor`, which estimates each sample's noise level from
-    its residual at every layer, degrades gracefully; the :doc:`/benchmarks` page has the
-    measurements).
+    none of them well. With ``adaptive_noise=True`` each layer estimates each sample's noise
+    precision instead (adaptive VAMP), which serves every SNR; the :doc:`/benchmarks` page has
+    the measurements.
 
     Parameters
     ----------
