@@ -106,12 +106,15 @@ class ClusteredChannelPrior:
         Taps per cluster, at most ``n_taps``.
     decay_taps : float, default=2.0
         ``d > 0``, the e-folding length of the power inside a cluster, in taps (``inf``: flat).
+    complex_valued : bool, default=True
+        ``False`` draws real taps ``h_l ~ N(0, v_l)`` instead.
     """
 
     n_taps: int
     n_clusters: int | tuple[int, int] = (1, 3)
     cluster_length: int | tuple[int, int] = (3, 8)
     decay_taps: float = 2.0
+    complex_valued: bool = True
 
     def __post_init__(self):
         self._check()
@@ -148,6 +151,8 @@ class ClusteredChannelPrior:
         return (c_lo + c_hi) / 2 * float(energy)
 
     def _draw(self, power: np.ndarray, rng) -> np.ndarray:
+        if not self.complex_valued:
+            return rng.standard_normal(power.shape) * np.sqrt(power)
         noise = rng.standard_normal(power.shape) + 1j * rng.standard_normal(power.shape)
         return noise * np.sqrt(power / 2)
 
@@ -155,7 +160,8 @@ class ClusteredChannelPrior:
         return self._delay_powers(n, rng).sum(axis=1)
 
     def sample(self, n_samples: int, random_state=None) -> np.ndarray:
-        """Draw ``n_samples`` channels, complex128 of shape ``(n_samples, n_features)``."""
+        """Draw ``n_samples`` channels of shape ``(n_samples, n_features)`` (complex128, or
+        float64 when not ``complex_valued``)."""
         rng = check_random_state(random_state)
         return self._draw(self._powers(_positive_int(n_samples, "n_samples"), rng), rng)
 

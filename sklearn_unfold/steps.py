@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoisers import DenoiserFn, _tiny
+from .denoisers import _tiny
 from .operators import LinearOperator
 
 #: Bounds of the stage derivatives ``α`` (dimensionless): they keep the extrinsic messages finite.
@@ -122,8 +122,7 @@ def amp_step(
     onsager: Tensor | None,
     y: Tensor,
     op: LinearOperator,
-    denoiser: DenoiserFn,
-    theta: Tensor,
+    denoiser,
     *,
     B: Tensor | None = None,
     step: float | Tensor = 1.0,
@@ -141,6 +140,10 @@ def amp_step(
     layer and either a matrix ``B`` (one fixed ``A``), or only a scalar ``β`` with
     ``B = β Aᴴ`` taken from each sample's own operator (``B=None``, ``step=β``): the
     operator-independent form that serves a random ``A`` per sample.
+    ``denoiser(r, σ)`` returns ``(η(r), ⟨η'⟩)`` (:mod:`sklearn_unfold.denoisers`). With a
+    denoiser that sees the whole signal (a CNN), ``⟨η'⟩ = \mathrm{div}\,η/N`` and the Onsager
+    coefficient ``(N/M)⟨η'⟩ = \mathrm{div}\,η/M`` is D-AMP's (Metzler, Maleki and Baraniuk,
+    IEEE TIT 2016).
     Start with ``x̂_0 = 0``, ``v_{−1} = 0``, ``b_0 = 0`` (so ``v_0 = y``); passing ``x=None``
     (``v_prev`` and ``onsager`` are then ignored) takes that first step without multiplying by
     the zero estimate.
@@ -157,7 +160,7 @@ def amp_step(
         r = x + step * op.adjoint(v) if B is None else torch.addmm(x, v, B.T)
     sigma = row_norm(v).unsqueeze(-1) / math.sqrt(M)
     sigma = sigma.clamp_min(sigma_floor(sigma.dtype))  # only a zero residual: no absolute scale
-    x_new, dmean = denoiser(r, sigma, theta)
+    x_new, dmean = denoiser(r, sigma)
     return x_new, v, onsager_scale * (N / M) * dmean, sigma
 
 
@@ -242,8 +245,7 @@ def vamp_step(
     context,
     op: LinearOperator,
     gamma_w: float | Tensor,
-    denoiser: DenoiserFn,
-    theta: Tensor,
+    denoiser,
     *,
     gain_scale: Tensor | None = None,
     gamma1_scale: float | Tensor = 1.0,
@@ -265,7 +267,9 @@ def vamp_step(
     :meth:`~sklearn_unfold.operators.LinearOperator.lmmse_context` of the measurements.
     Classical VAMP has ``c_1 = c_2 = 1`` and the matched ``γ_w = 1/σ_w²``; LDVAMP learns
     ``γ_w``, the corrections ``c_1, c_2``, the gains and the denoiser per layer.
-    Start from ``r_2 = 0`` and :func:`vamp_initial_precision`. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
+    ``denoiser(r, σ)`` returns ``(g_1(r), ⟨g_1'⟩)`` (:mod:`sklearn_unfold.denoisers`; a
+    non-separable one makes this D-VAMP). Start from ``r_2 = 0`` and
+    :func:`vamp_initial_precision`. Returns ``(x̂1, r2⁺, γ2⁺, γ1)``.
 
     The LMMSE stage depends on ``γw`` and ``γ2`` only through their ratio, and is computed
     from ``γ2/γw`` with a unit noise precision: a tiny ``σw²`` (a huge ``γw``) cannot overflow
@@ -286,7 +290,7 @@ def vamp_step(
     x2, alpha2 = op.lmmse(r2, gamma2 / gamma_w, context, 1.0, gain_scale=gain_scale)
     r1, gamma1 = _extrinsic(x2, alpha2, r2, gamma2)
     gamma1 = _clamp_precision(gamma1_scale * gamma1, precision_bounds)
-    x1, alpha1 = denoiser(r1, gamma1.rsqrt(), theta)
+    x1, alpha1 = denoiser(r1, gamma1.rsqrt())
     r2_new, gamma2_new = _extrinsic(x1, alpha1, r1, gamma1)
     out = (x1, r2_new, _clamp_precision(gamma2_scale * gamma2_new, precision_bounds), gamma1)
     if y is None:

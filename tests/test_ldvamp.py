@@ -141,7 +141,7 @@ def test_gradients_reach_every_parameter(problem, denoiser, tied, gains):
     net = LDVAMPNetwork.from_vamp(A, denoiser, theta, noise_var, P * V, 3, tied=tied,
                                   gains=gains)
     if denoiser == "mlp":  # move the zero-initialised last MLP layer off zero
-        for mlp in net.mlps:
+        for mlp in (net.layer_denoiser(t).mlp for t in range(net.n_layers)):
             torch.nn.init.normal_(mlp.net[-1].weight, std=0.01)
     op = as_operator(A, dtype=torch.float32)
     loss = sum(((x - X.float()) ** 2).mean() for x in net(Y.float(), op))

@@ -362,7 +362,7 @@ def test_warm_start_continues_the_optimiser_state(small):
                         n_iter_no_change=1000, lr_schedule=LRSchedule(refine_factors=()),
                         warm_start=True, **FAST).fit(small["Y"], small["X"])
     state = est.optimizer_state_["state"]
-    assert {"B.0", "B.1", "theta.1"} <= set(state) <= {n for n, _ in est.module_.named_parameters()}
+    assert {"B.0", "B.1", "denoisers.1.theta"} <= set(state) <= {n for n, _ in est.module_.named_parameters()}
     assert all(isinstance(v, torch.Tensor) for st in state.values() for v in st.values())
     assert float(state["B.0"]["step"]) == 5 and est.history_[-1]["step"] == 5
     est.fit(small["Y"], small["X"])

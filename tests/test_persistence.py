@@ -198,9 +198,11 @@ def test_file_layout_is_json_plus_tensors(fitted, tmp_path):
         assert sorted(zf.namelist()) == ["params.json", "tensors.safetensors"]
         header = json.loads(zf.read("params.json"))
     assert header["format"] == "sklearn-unfold-model"
-    # a model without complex tensors is still written as format version 2 (the newest version,
-    # 3, only for models that hold complex tensors or Python complex numbers)
-    assert header["format_version"] == 2 and persistence.FORMAT_VERSION == 3
+    # a model without complex tensors or denoiser modules is still written as format version 2;
+    # a fixed denoiser (AMP's, VAMP's) makes it version 4, the newest
+    holds_denoiser = hasattr(est, "denoiser")  # AMP, VAMP and the networks that start from them
+    assert header["format_version"] == (4 if holds_denoiser else 2)
+    assert persistence.FORMAT_VERSION == 4
     assert header["class"] == type(est).__name__
     params = header["estimator"]["params"]
     assert params["A"]["__type__"] == "ndarray"  # A is a tensor reference, not JSON numbers
@@ -278,7 +280,7 @@ def test_unknown_nested_class_or_function_is_refused(amp_file, tmp_path, ref, ki
         if kind == "object":
             state["operator_"]["class"] = ref
         else:
-            state["denoiser_"]["ref"] = ref
+            state["denoiser_"] = {"__type__": "function", "ref": ref}
 
     bad = tmp_path / "bad.sfu"
     _rewrite(amp_file, bad, edit_header=edit)
@@ -379,7 +381,7 @@ DAMAGES = {
     "flipped-tensor-byte": _UNREADABLE + r".*Bad CRC-32",
     "bad-json": _UNREADABLE,
     "wrong-format-name": "params.json does not describe an sklearn-unfold model",
-    "newer-version": r"format version 99 is newer than this sklearn_unfold reads \(3\)",
+    "newer-version": r"format version 99 is newer than this sklearn_unfold reads \(4\)",
     "missing-tensor": r"is damaged: its tensor file holds \d+ tensors, its params.json lists",
     "no-estimator": "is damaged: params.json has no estimator entry",
     "bad-array-size": r"damaged: array t0 holds 2304 bytes, not the 2400 of a float64 array",

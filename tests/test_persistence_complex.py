@@ -243,7 +243,7 @@ def test_complex_estimator_round_trip_is_exact(cls, params, complex_data, tmp_pa
     assert np.iscomplexobj(pred)
     save(est, tmp_path / "c.sfu")
     with zipfile.ZipFile(tmp_path / "c.sfu") as zf:
-        assert json.loads(zf.read("params.json"))["format_version"] in (2, 3)
+        assert json.loads(zf.read("params.json"))["format_version"] in (2, 3, 4)
     loaded = load(tmp_path / "c.sfu")
     assert _bits(_predict(loaded, Y)) == _bits(pred)
     _assert_same_state(est, loaded)

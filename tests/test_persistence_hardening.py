@@ -56,7 +56,8 @@ def _crafted(amp_file: Path, bad: Path, case: str) -> None:
         version = {"version-0": 0, "version-1": 1, "version-text": "2"}[case]
         header_edit(lambda h: h.update(format_version=version))
     elif case == "os-system":
-        header_edit(lambda h: attrs(h)["denoiser_"].update(ref="os:system"))
+        header_edit(lambda h: attrs(h).update(denoiser_={"__type__": "function",
+                                                         "ref": "os:system"}))
     elif case == "deflate-bomb":
         with zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_DEFLATED) as zout:
             zout.writestr("params.json", zipfile.ZipFile(amp_file).read("params.json"))
@@ -248,7 +249,7 @@ def _complex_crafted(src: Path, bad: Path, case: str) -> None:
         elif case == "in-version-2":
             header["format_version"] = 2
         elif case == "newer-version":
-            header["format_version"] = 4
+            header["format_version"] = 5
         elif case == "flag-on-byte-array":
             t["key"] = a["key"]
         elif case == "flag-on-real-tensor":
@@ -280,9 +281,9 @@ def _complex_crafted(src: Path, bad: Path, case: str) -> None:
 COMPLEX_CRAFTED = {
     "flag-not-true": r"invalid 'complex' field '1' of tensor 't\d+' \(true or absent\)",
     "flag-false": r"invalid 'complex' field 'False'",
-    "in-version-2": r"damaged: a file of format version 2 holds a complex (tensor|number), which "
-                    r"only format version 3",
-    "newer-version": r"format version 4 is newer than this sklearn_unfold reads \(3\)",
+    "in-version-2": r"damaged: a file of format version 2 holds (a complex (tensor|number)|a "
+                    r"denoiser module), which only format version [34]",
+    "newer-version": r"format version 5 is newer than this sklearn_unfold reads \(4\)",
     "flag-on-byte-array": r"damaged: complex tensor t\d+ is stored as a torch.uint8 tensor of shape "
                           r"\[96\], not as float32 or float64 \(real, imaginary\) pairs",
     "flag-on-real-tensor": r"damaged: complex tensor t\d+ is stored as a torch.float32 tensor of "
@@ -336,8 +337,15 @@ def test_safetensors_complex_dtypes_are_refused(complex_file, tmp_path, dtype):
         load(bad)
 
 
-def test_real_file_labelled_version_3_loads(amp_file, tmp_path, data):
-    """Version 3 only adds entries: a version-2 description read as version 3 is the same model."""
+@pytest.mark.parametrize("version", [3, 4])
+def test_real_file_labelled_a_newer_version_loads(tmp_path, data, version):
+    """Versions 3 and 4 only add entries: a version-2 description read as a newer version is the
+    same model."""
+    from sklearn_unfold import ISTARegressor
+
+    Y, X = data[0], data[1]
+    v2 = tmp_path / "v2.sfu"
+    save(ISTARegressor(A=data[2], max_iter=20).fit(Y, X), v2)
     relabelled = tmp_path / "v3.sfu"
-    _rewrite(amp_file, relabelled, edit_header=lambda h: h.update(format_version=3))
-    np.testing.assert_array_equal(_predict(load(relabelled), data[0]), _predict(load(amp_file), data[0]))
+    _rewrite(v2, relabelled, edit_header=lambda h: h.update(format_version=version))
+    np.testing.assert_array_equal(_predict(load(relabelled), Y), _predict(load(v2), Y))

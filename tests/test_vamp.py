@@ -114,7 +114,7 @@ def test_tiny_noise_var_matches_the_small_one_on_the_reference_problem(giid):
 
 
 def test_lmmse_stage_does_not_overflow_with_a_huge_noise_precision():
-    from sklearn_unfold.denoisers import bg, bg_theta
+    from sklearn_unfold.denoisers import as_denoiser, bg, bg_theta
     from sklearn_unfold.steps import vamp_precision_bounds, vamp_step
 
     rng = np.random.default_rng(0)
@@ -124,7 +124,7 @@ def test_lmmse_stage_does_not_overflow_with_a_huge_noise_precision():
     gamma0 = torch.full((3, 1), 10.0, dtype=torch.float64)
     theta = torch.as_tensor(bg_theta(0.1, 1.0))
     outs = [vamp_step(torch.zeros(3, 40, dtype=torch.float64), gamma0, op.lmmse_context(Y), op,
-                      gw, bg, theta, precision_bounds=vamp_precision_bounds(gamma0))
+                      gw, as_denoiser(bg, theta), precision_bounds=vamp_precision_bounds(gamma0))
             for gw in (1e20, 1e300)]
     for x1, r2, gamma2, _ in outs:
         assert torch.isfinite(x1).all() and torch.isfinite(r2).all()
@@ -147,7 +147,7 @@ def test_adaptive_noise_learns_each_samples_noise_level():
     """EM noise learning (adaptive VAMP): started 100 times off, each sample's noise variance is
     recovered and the NMSE is that of VAMP given the true noise level."""
     from sklearn_unfold.datasets import make_compressed_sensing
-    from sklearn_unfold.denoisers import bg_theta, get_denoiser
+    from sklearn_unfold.denoisers import BernoulliGaussian, bg_theta
     from sklearn_unfold.metrics import nmse_db as _nmse_db
     from sklearn_unfold.steps import vamp_step
 
@@ -173,8 +173,8 @@ def test_adaptive_noise_learns_each_samples_noise_level():
     r2, gamma_w = torch.zeros((200, 200), dtype=torch.float64), 1.0 / (100 * noise_var)
     for _ in range(30):
         _, r2, gamma2, _, gamma_w = vamp_step(
-            r2, gamma2, op.lmmse_context(Yt), op, gamma_w, get_denoiser("bg"),
-            torch.as_tensor(bg_theta(adaptive.sparsity_, adaptive.signal_var_)),
+            r2, gamma2, op.lmmse_context(Yt), op, gamma_w,
+            BernoulliGaussian(bg_theta(adaptive.sparsity_, adaptive.signal_var_)),
             precision_bounds=bounds, y=Yt)
     assert gamma_w.shape == (200, 1)
     assert float(torch.median(1.0 / gamma_w)) == pytest.approx(noise_var, rel=0.2)

@@ -236,7 +236,11 @@ class LearnedEstimatorBase(RecoveryEstimatorBase):
                                         operators_per_batch=max(1, len(val) // 10))
             validation = held_out()
         steps_per_epoch = math.ceil(len(train) / min(self.batch_size, len(train)))
-        trainer = self._make_trainer(module, max(1, math.ceil(self.max_epochs * steps_per_epoch)))
+        max_steps = max(1, math.ceil(self.max_epochs * steps_per_epoch))
+        if hasattr(self, "_pretrain_denoisers") and not resumed:  # a denoiser trained alone first
+            self._pretrain_denoisers(module, to_t(X[train]), validation, fit_op, device, dtype,
+                                     seed)
+        trainer = self._make_trainer(module, max_steps)
         interrupt = None
         try:
             trainer.fit(batches, validation, start_layer=start, **resumed)

@@ -7,6 +7,7 @@ the noise variance), ``predict`` hands chunks of measurements to the solver in
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from numbers import Integral, Real
@@ -16,9 +17,10 @@ import torch
 from sklearn.base import _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
 
 from .._warnings import user_stacklevel
-from ..denoisers import bg_theta, get_denoiser
+from ..denoisers import as_denoiser, bg_theta, make_denoiser
 from ..solvers import IterationReport, amp_iterates, ista_iterates, vamp_iterates
 from ..tuning import lasso_alpha_for_prior, soft_threshold_for_prior
 from ._base import RecoveryEstimatorBase, fill_a_doc
@@ -249,7 +251,7 @@ class FISTARegressor(ISTARegressor):
 class _MessagePassingBase(_ClassicalBase):
     _parameter_constraints: dict = {
         **_ClassicalBase._parameter_constraints,
-        "denoiser": [StrOptions({"soft", "bg"})],
+        "denoiser": [StrOptions({"soft", "bg"}), nn.Module],
         "threshold": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "damping": [Interval(Real, 0, 1, closed="right")],
         "sparsity": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="right")],
@@ -261,7 +263,10 @@ class _MessagePassingBase(_ClassicalBase):
             self.sparsity_ = float(self.sparsity)
         if self.signal_var != "auto":
             self.signal_var_ = float(self.signal_var)
-        self.denoiser_ = get_denoiser(self.denoiser)
+        if isinstance(self.denoiser, nn.Module):  # a fixed plug-in denoiser (D-AMP, D-VAMP)
+            self.threshold_ = self.theta_ = None
+            self.denoiser_ = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+            return
         if self.denoiser == "bg":
             self.threshold_ = None
             theta = bg_theta(self.sparsity_, self.signal_var_)
@@ -275,6 +280,15 @@ class _MessagePassingBase(_ClassicalBase):
                 self.threshold_ = float(self.threshold)
             theta = np.array([self.threshold_, 1.0])
         self.theta_ = torch.as_tensor(theta, dtype=_DTYPE)
+        self.denoiser_ = make_denoiser(self.denoiser, theta).requires_grad_(False)
+
+    def _fixed_denoiser(self, Y):
+        """The denoiser the iterations call, on ``Y``'s device (a model saved by an older
+        release holds the shrinkage as a function and its ``theta_``)."""
+        den = self.denoiser_
+        if not isinstance(den, nn.Module):
+            den = as_denoiser(den, self.theta_)
+        return den.to(device=Y.device)
 
 
 @fill_a_doc
@@ -295,8 +309,13 @@ class AMPRegressor(_MessagePassingBase):
     Parameters
     ----------
     %A%
-    denoiser : {"bg", "soft"}, default="bg"
-        Bernoulli-Gaussian MMSE denoiser, or the soft threshold.
+    denoiser : {"bg", "soft"} or torch.nn.Module, default="bg"
+        Bernoulli-Gaussian MMSE denoiser, or the soft threshold, matched to the training pairs;
+        or any fixed denoiser module (:mod:`sklearn_unfold.denoisers`: ``forward(r, sigma)``
+        returns the estimate and its mean divergence), run as it is: a trained
+        :class:`~sklearn_unfold.denoisers.ConvDenoiser1d` or
+        :class:`~sklearn_unfold.denoisers.DnCNN` makes this D-AMP (Metzler, Maleki and
+        Baraniuk, IEEE TIT 2016). ``fit`` keeps a copy of the module in ``denoiser_``.
     threshold : "auto" or float, default="auto"
         Threshold multiplier ``λ`` of the soft denoiser. ``"auto"`` picks the ``λ`` whose
         state-evolution fixed point is lowest for the fitted prior and noise.
@@ -325,9 +344,13 @@ class AMPRegressor(_MessagePassingBase):
     A_, sparsity_, signal_var_, noise_var_, n_features_in_, n_iter_
         As in :class:`ISTARegressor`.
     threshold_ : float or None
-        The soft threshold multiplier used (``None`` for ``"bg"``).
-    theta_ : tensor
-        The denoiser's parameters.
+        The soft threshold multiplier used (``None`` for ``"bg"`` and a module).
+    theta_ : tensor or None
+        The shrinkage's parameters (``None`` for a module).
+    denoiser_ : torch.nn.Module
+        The denoiser the iterations run: the matched shrinkage
+        (:class:`~sklearn_unfold.denoisers.BernoulliGaussian`,
+        :class:`~sklearn_unfold.denoisers.SoftThreshold`) or a copy of the given module.
     """
 
     _algorithm = "amp"
@@ -349,8 +372,7 @@ class AMPRegressor(_MessagePassingBase):
         self.verbose = verbose
 
     def _solver_iterates(self, Y, op, report):
-        return amp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.real.dtype),
-                            max_iter=self.max_iter,
+        return amp_iterates(Y, op, self._fixed_denoiser(Y), max_iter=self.max_iter,
                             tol=self.tol, damping=self.damping, report=report)
 
 
@@ -421,7 +443,7 @@ class VAMPRegressor(_MessagePassingBase):
         self.singular_values_ = svd[1].numpy().copy() if svd is not None else None
 
     def _solver_iterates(self, Y, op, report):
-        return vamp_iterates(Y, op, self.denoiser_, self.theta_.to(Y.real.dtype), self.noise_var_,
+        return vamp_iterates(Y, op, self._fixed_denoiser(Y), None, self.noise_var_,
                              self.sparsity_ * self.signal_var_, max_iter=self.max_iter,
                              tol=self.tol, damping=self.damping,
                              adaptive_noise=self.adaptive_noise, report=report)

@@ -14,11 +14,11 @@ from numbers import Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..denoisers import default_theta
-from ..networks.lamp import LAMP_DENOISERS, LAMPNetwork
+from ..networks.lamp import LAMPNetwork
 from ..networks.ldvamp import LDVAMPNetwork
 from ..networks.lista import VARIANTS, lista_from_ista
 from ._base import fill_a_doc
+from ._denoising import DENOISER_PARAMS_DOC, DenoisingEstimatorMixin
 from ._learned_base import (
     DEFAULT_OPTIMIZER,
     END_TO_END_LR_SCHEDULE,
@@ -160,7 +160,7 @@ class LISTARegressor(LearnedEstimatorBase):
 
 
 @fill_a_doc
-class LAMPRegressor(LearnedEstimatorBase):
+class LAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     r"""Learned AMP (Borgerding-Schniter-Rangan): AMP unrolled with learned matrices.
 
     .. math::
@@ -182,19 +182,33 @@ class LAMPRegressor(LearnedEstimatorBase):
     Parameters
     ----------
     %A%
-    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
-        The per-layer shrinkage: ``"bg"`` and ``"soft"`` start from the matched AMP;
+    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp", "conv1d"} or torch.nn.Module, \
+            default="bg"
+        The layers' denoiser: ``"bg"`` and ``"soft"`` start from the matched AMP;
         ``"pwlin"``, ``"expo"`` and ``"spline"`` from their default parameters; ``"mlp"`` is the
-        BG shrinkage plus a small per-entry MLP residual that starts at zero.%COMMON%
+        BG shrinkage plus a small per-entry MLP residual that starts at zero; ``"conv1d"`` a
+        :class:`~sklearn_unfold.denoisers.ConvDenoiser1d` with its defaults. Any denoiser
+        module (:mod:`sklearn_unfold.denoisers`, or a user's own that follows the same
+        contract) is copied into the layers and trained there (it is never changed itself):
+        with a :class:`~sklearn_unfold.denoisers.DnCNN` or
+        :class:`~sklearn_unfold.denoisers.ConvDenoiser1d` this is learned D-AMP (Metzler,
+        Mousavi and Baraniuk, NeurIPS 2017).%DENOISING%%COMMON%
 
     Attributes
     ----------
     onsager_scale_ : ndarray of shape (n_layers,)
         The learned Onsager scales ``c_t``.
-    theta_ : ndarray of shape (n_layers, n_theta)
-        The learned shrinkage parameters ``θ_t`` (for ``"mlp"``, those of the BG part).
+    theta_ : ndarray of shape (n_layers, n_theta) or None
+        The learned shrinkage parameters ``θ_t`` (for ``"mlp"``, those of the BG part;
+        ``None`` for a neural denoiser).
     thresholds_ : ndarray of shape (n_layers,)
-        ``"soft"`` only: the threshold multipliers ``λ_t``.%ATTRS%
+        ``"soft"`` only: the threshold multipliers ``λ_t``.
+    pretrain_history_ : list of dict or None
+        With pretraining, one record per check of the denoiser's held-out error (``step``,
+        ``train_loss``, ``val_loss``, in units of the noise variance); ``None`` otherwise.
+    pretrain_noise_levels_ : ndarray of shape (n_layers,) or None
+        With pretraining, the median noise level each layer of the analytic network saw (in
+        the data's units): the levels the denoiser was pretrained at.%ATTRS%
 
     Examples
     --------
@@ -209,10 +223,12 @@ class LAMPRegressor(LearnedEstimatorBase):
 
     _parameter_constraints: dict = {
         **LearnedEstimatorBase._parameter_constraints,
-        "denoiser": [StrOptions(set(LAMP_DENOISERS))],
+        **DenoisingEstimatorMixin._denoiser_constraints,
     }
 
-    def __init__(self, A=None, *, denoiser="bg", n_layers=10, tied=False, init="analytic",
+    def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
+                 pretrain_epochs=30, mixed_precision=False, n_layers=10, tied=False,
+                 init="analytic",
                  training="end_to_end", curriculum=True, max_epochs=20, batch_size=500,
                  learning_rate=3e-3, validation_fraction="auto", n_iter_no_change=3, tol=0.01,
                  signal_prior=None, noise_var="auto", device="auto", dtype="float32",
@@ -223,6 +239,10 @@ class LAMPRegressor(LearnedEstimatorBase):
         self.n_layers = n_layers
         self.tied = tied
         self.denoiser = denoiser
+        self.tie_denoiser = tie_denoiser
+        self.pretrain = pretrain
+        self.pretrain_epochs = pretrain_epochs
+        self.mixed_precision = mixed_precision
         self.init = init
         self.training = training
         self.curriculum = curriculum
@@ -249,29 +269,28 @@ class LAMPRegressor(LearnedEstimatorBase):
         self.operators_per_batch = operators_per_batch
 
     def _make_init_estimator(self):
-        return AMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
+        return AMPRegressor(A=self.A_, denoiser=self._init_denoiser_name(),
                             noise_var=self._scaled_noise_var(), batch_size=self.batch_size)
 
-    def _build_module(self, device, dtype, fit_op):
-        theta = _analytic_theta(self.denoiser, self.init_estimator_)
-        return LAMPNetwork.from_amp(self._shape_operator(fit_op), self.denoiser, theta,
-                                    self.n_layers, tied=self.tied,
+    def _build_module(self, device, dtype, fit_op, denoiser=None):
+        return LAMPNetwork.from_amp(self._shape_operator(fit_op),
+                                    denoiser if denoiser is not None else self._denoiser_template(),
+                                    None, self.n_layers, tied=self.tied,
+                                    tie_denoiser=self.tie_denoiser,
                                     parameterization=self.parameterization_, dtype=dtype,
                                     device=device)
 
     def _architecture_extra(self) -> dict:
-        return {"denoiser": self.denoiser}
+        return self._denoiser_architecture()
 
     def _set_coefficients(self, summary: dict) -> None:
         super()._set_coefficients(summary)
         self.onsager_scale_ = summary["onsager_scale"]
-        self.theta_ = summary["theta"]
-        if self.denoiser == "soft":
-            self.thresholds_ = summary["threshold"]
+        self._denoiser_coefficients(summary)
 
 
 @fill_a_doc
-class LDVAMPRegressor(LearnedEstimatorBase):
+class LDVAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     r"""Learned denoising VAMP: VAMP unrolled with a learned LMMSE stage, corrections and denoiser.
 
     Each layer is one VAMP iteration (:func:`~sklearn_unfold.steps.vamp_step`) with a learned
@@ -293,8 +312,9 @@ class LDVAMPRegressor(LearnedEstimatorBase):
     Parameters
     ----------
     %A%
-    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp"}, default="bg"
-        As in :class:`LAMPRegressor`.
+    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp", "conv1d"} or torch.nn.Module, \
+            default="bg"
+        As in :class:`LAMPRegressor`; a convolutional module makes this learned D-VAMP.%DENOISING%
     gains : bool, default=False
         Also learn per-singular-value gains of the LMMSE stage.
     damping : float in (0, 1], default=1.0
@@ -318,8 +338,10 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         precision (``None`` otherwise).
     gamma1_scale_, gamma2_scale_ : ndarray of shape (n_layers,)
         The learned precision corrections ``c_{1,t}``, ``c_{2,t}``.
-    theta_ : ndarray of shape (n_layers, n_theta)
-        The learned shrinkage parameters.
+    theta_ : ndarray of shape (n_layers, n_theta) or None
+        The learned shrinkage parameters (``None`` for a neural denoiser).
+    pretrain_history_, pretrain_noise_levels_
+        As in :class:`LAMPRegressor`.
     damping_ : ndarray of shape (n_layers,)
         The learned damping ``β_t`` of each layer (1 for the first layer, and for every layer
         when ``damping=1``).%ATTRS%
@@ -327,14 +349,16 @@ class LDVAMPRegressor(LearnedEstimatorBase):
 
     _parameter_constraints: dict = {
         **LearnedEstimatorBase._parameter_constraints,
-        "denoiser": [StrOptions(set(LAMP_DENOISERS))],
+        **DenoisingEstimatorMixin._denoiser_constraints,
         "gains": ["boolean"],
         "damping": [Interval(Real, 0, 1, closed="right")],
         "adaptive_noise": ["boolean"],
     }
 
-    def __init__(self, A=None, *, denoiser="bg", gains=False, damping=1.0,
-                 adaptive_noise=False, n_layers=10, tied=False,
+    def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
+                 pretrain_epochs=30, mixed_precision=False, gains=False, damping=1.0,
+                 adaptive_noise=False,
+                 n_layers=10, tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=20,
                  batch_size=500, learning_rate=3e-3, validation_fraction="auto",
                  n_iter_no_change=3, tol=0.01, signal_prior=None, noise_var="auto",
@@ -346,6 +370,10 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.n_layers = n_layers
         self.tied = tied
         self.denoiser = denoiser
+        self.tie_denoiser = tie_denoiser
+        self.pretrain = pretrain
+        self.pretrain_epochs = pretrain_epochs
+        self.mixed_precision = mixed_precision
         self.gains = gains
         self.damping = damping
         self.adaptive_noise = adaptive_noise
@@ -375,12 +403,11 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.operators_per_batch = operators_per_batch
 
     def _make_init_estimator(self):
-        return VAMPRegressor(A=self.A_, denoiser="soft" if self.denoiser == "soft" else "bg",
+        return VAMPRegressor(A=self.A_, denoiser=self._init_denoiser_name(),
                              noise_var=self._scaled_noise_var(), damping=self.damping,
                              adaptive_noise=self.adaptive_noise, batch_size=self.batch_size)
 
-    def _build_module(self, device, dtype, fit_op):
-        theta = _analytic_theta(self.denoiser, self.init_estimator_)
+    def _build_module(self, device, dtype, fit_op, denoiser=None):
         # the prior's second moment in training's units (where the non-zeros have unit power)
         second_moment = self.sparsity_ * self.signal_var_ / self.data_scale_**2
         if not 0.0 < second_moment < np.inf:
@@ -389,16 +416,19 @@ class LDVAMPRegressor(LearnedEstimatorBase):
             raise ValueError(
                 "gains=True learns one gain per singular value of one fixed matrix; with an "
                 "operator ensemble, per-sample or matrix-free operators use gains=False.")
-        return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op), self.denoiser, theta,
+        return LDVAMPNetwork.from_vamp(self._shape_operator(fit_op),
+                                       denoiser if denoiser is not None
+                                       else self._denoiser_template(), None,
                                        self._scaled_noise_var(), second_moment, self.n_layers,
-                                       tied=self.tied, gains=self.gains,
+                                       tied=self.tied, tie_denoiser=self.tie_denoiser,
+                                       gains=self.gains,
                                        damping=self.damping,
                                        adaptive_noise=self.adaptive_noise, dtype=dtype,
                                        device=device)
 
     def _architecture_extra(self) -> dict:
-        return {"denoiser": self.denoiser, "gains": self.gains, "damping": float(self.damping),
-                "adaptive_noise": bool(self.adaptive_noise)}
+        return {**self._denoiser_architecture(), "gains": self.gains,
+                "damping": float(self.damping), "adaptive_noise": bool(self.adaptive_noise)}
 
     def _set_coefficients(self, summary: dict) -> None:
         super()._set_coefficients(summary)
@@ -406,16 +436,8 @@ class LDVAMPRegressor(LearnedEstimatorBase):
         self.noise_precision_scale_ = summary.get("noise_precision_scale")
         self.gamma1_scale_ = summary["gamma1_scale"]
         self.gamma2_scale_ = summary["gamma2_scale"]
-        self.theta_ = summary["theta"]
-        self.damping_ = summary.get("damping", np.ones(len(summary["theta"])))
-
-
-def _analytic_theta(denoiser: str, classical) -> np.ndarray:
-    """Initial shrinkage parameters: the classical solver's for "bg", "soft" and "mlp" (its BG
-    part), the denoiser's defaults for the shrinkages without a classical counterpart."""
-    if denoiser in ("bg", "soft", "mlp"):
-        return classical.theta_.detach().cpu().numpy().copy()
-    return default_theta(denoiser)
+        self._denoiser_coefficients(summary)
+        self.damping_ = summary.get("damping", np.ones(len(summary["gamma1_scale"])))
 
 
 fill_doc(LISTARegressor, n_layers=16, training="layerwise", max_epochs=4, learning_rate=1e-3,
@@ -437,6 +459,8 @@ _END_TO_END_WHY = (
 _END_TO_END_SCHEDULE_WHY = (
     "The end-to-end stage (on the mean of the per-layer losses) is followed by one refinement "
     "at 0.1× the rate on the final layer's loss.")
+for _cls in (LAMPRegressor, LDVAMPRegressor):
+    _cls.__doc__ = _cls.__doc__.replace("%DENOISING%", DENOISER_PARAMS_DOC)
 fill_doc(LAMPRegressor, n_layers=10, training="end_to_end", max_epochs=20, learning_rate=3e-3,
          n_iter_no_change=3, tol=0.01,
          lr_schedule="LRSchedule(refine_factors=(0.1,), growth_factors=(0.5,))",

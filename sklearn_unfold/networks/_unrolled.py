@@ -15,15 +15,19 @@ some layer on (LISTA's ``S``, which layer 0 does not have). :meth:`layer_paramet
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import re
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..denoisers import DENOISER_PARAMS, MLPDenoiser, default_theta, get_denoiser, mlp_residual_denoiser
+from ..denoisers import DENOISER_NAMES, make_denoiser
 from ..operators import LinearOperator
 
-#: Denoisers a learned layer can use: the parameterised shrinkages and a per-entry MLP.
-LEARNED_DENOISERS = (*DENOISER_PARAMS, "mlp")
+#: Denoiser names a learned layer accepts (besides any denoiser module).
+LEARNED_DENOISERS = DENOISER_NAMES
 
 
 def make_param(value, dtype, device) -> nn.Parameter:
@@ -69,13 +73,15 @@ class UnrolledNetwork(nn.Module):
         self._layer_lists: dict[str, tuple[bool, int]] = {}
 
     # ------------------------------------------------------------------ declarations
-    def add_layer_params(self, name: str, make, *, tieable: bool = False, first: int = 0) -> None:
+    def add_layer_params(self, name: str, make, *, tieable: bool = False, first: int = 0,
+                         shared: bool | None = None) -> None:
         """Declare a per-layer list ``name``: ``make()`` builds one entry (a parameter or module).
 
-        ``tieable`` lists hold one entry when the network is tied; ``first`` is the first layer that has
-        an entry (LISTA's ``S`` starts at layer 1).
+        ``tieable`` lists hold one entry when the network is tied; ``shared`` (when given)
+        decides that instead; ``first`` is the first layer that has an entry (LISTA's ``S``
+        starts at layer 1).
         """
-        shared = tieable and self.tied
+        shared = (tieable and self.tied) if shared is None else bool(shared)
         count = 1 if shared else max(self.n_layers - first, 0)
         entries = [make() for _ in range(count)]
         container = (nn.ModuleList(entries) if entries and isinstance(entries[0], nn.Module)
@@ -169,51 +175,76 @@ class UnrolledNetwork(nn.Module):
         op.check_batch(n_samples)
 
 
-class ShrinkageDenoisers:
-    """Mixin: per-layer shrinkage parameters ``θ_t`` and, for ``"mlp"``, per-entry MLPs.
+class DenoiserLayers:
+    """Mixin: the per-layer denoiser modules of LAMP and LDVAMP, under one tying rule.
 
-    ``denoiser`` is a shrinkage of :data:`~sklearn_unfold.denoisers.DENOISER_PARAMS` or
-    ``"mlp"`` (the BG shrinkage plus the residual of an
-    :class:`~sklearn_unfold.denoisers.MLPDenoiser` that starts at zero,
-    :func:`~sklearn_unfold.denoisers.mlp_residual_denoiser`).
+    Every layer calls its denoiser as ``denoiser(r, sigma) -> (value, dmean)``
+    (:mod:`sklearn_unfold.denoisers`). With ``tie_denoiser=False`` each layer owns a copy of the
+    template module (all copies start equal and are trained apart); with ``True`` one module is
+    shared by every layer. The rule is the same for every network and every denoiser (a
+    shrinkage's ``θ``, an MLP, a CNN): ``tied`` governs the rest of the layer, never the
+    denoiser.
     """
 
-    def _init_denoisers(self, denoiser: str, theta, *, tie_mlp: bool, mlp_hidden: int,
-                        dtype, device) -> None:
-        if denoiser not in LEARNED_DENOISERS:
-            raise ValueError(f"denoiser must be one of {list(LEARNED_DENOISERS)}; got {denoiser!r}.")
-        self.denoiser = denoiser
-        #: The shrinkage under the MLP residual ("bg" for "mlp"), else the denoiser itself.
-        self.base_denoiser = "bg" if denoiser == "mlp" else denoiser
-        init = (default_theta(self.base_denoiser) if theta is None
-                else np.asarray(theta, np.float64).reshape(-1))
-        names = DENOISER_PARAMS[self.base_denoiser][0]
-        if init.size != len(names):
-            raise ValueError(f"theta of denoiser {denoiser!r} must have {len(names)} entries "
-                             f"{names}; got {init.size}.")
-        self.add_layer_params("theta", lambda: make_param(init, dtype, device))
-        if denoiser == "mlp":
-            self.add_layer_params(
-                "mlps", lambda: MLPDenoiser(mlp_hidden).to(dtype=dtype, device=device),
-                tieable=tie_mlp)
-        else:
-            self.mlps = nn.ModuleList()
-            self._layer_lists["mlps"] = (False, 0)
+    def _init_denoisers(self, denoiser, theta=None, *, tie_denoiser: bool = False, dtype=None,
+                        device=None) -> None:
+        template = make_denoiser(denoiser, theta) if isinstance(denoiser, str) else denoiser
+        if not isinstance(template, nn.Module):
+            raise TypeError(f"denoiser must be a torch.nn.Module or one of "
+                            f"{list(LEARNED_DENOISERS)}; got {type(denoiser).__name__}.")
+        #: Whether one denoiser module serves every layer.
+        self.tie_denoiser = bool(tie_denoiser)
+        self.add_layer_params(
+            "denoisers", lambda: copy.deepcopy(template).to(dtype=dtype, device=device),
+            shared=self.tie_denoiser)
 
-    def _denoise(self, t: int):
-        """``(denoiser_fn, theta)`` of layer ``t`` in the signature the step functions call."""
-        base = get_denoiser(self.base_denoiser)
-        if self.denoiser == "mlp":
-            return mlp_residual_denoiser(self.layer_param("mlps", t), base), self.theta[t]
-        return base, self.theta[t]
+    def layer_denoiser(self, t: int) -> nn.Module:
+        """The denoiser module of layer ``t`` (the shared one when tied)."""
+        return self.layer_param("denoisers", t)
 
-    def _theta_summary(self) -> dict[str, np.ndarray]:
-        theta = self.per_layer_values("theta")
-        out = {"theta": theta}
-        for i, name in enumerate(DENOISER_PARAMS[self.base_denoiser][0]):
-            out[name] = theta[:, i].copy()
-        if self.denoiser == "soft":
-            out["threshold"] = theta[:, 0].copy()
-        if self.base_denoiser == "bg":
-            out["sparsity"] = 1.0 / (1.0 + np.exp(theta[:, 1]))
+    def _denoiser_summary(self) -> dict[str, np.ndarray]:
+        """The denoisers' readable parameters, stacked layer by layer (``{}`` for a neural one)."""
+        rows = [getattr(self.layer_denoiser(t), "summary", dict)() for t in range(self.n_layers)]
+        if not rows or not rows[0]:
+            return {}
+        return {key: np.stack([np.asarray(row[key], dtype=np.float64) for row in rows])
+                for key in rows[0]}
+
+    @contextlib.contextmanager
+    def recording_noise_levels(self):
+        """Record the noise level ``σ`` every layer hands its denoiser, in layer order.
+
+        ``with net.recording_noise_levels() as levels: net(Y, op)`` leaves one ``(n, 1)``
+        tensor per layer run in ``levels``: the levels a pretrained denoiser must serve.
+        """
+        levels: list[Tensor] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: levels.append(args[1].detach()))
+                 for m in {id(d): d for d in self.denoisers}.values()]
+        try:
+            yield levels
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def upgrade_state_dict(self, state: dict) -> dict:
+        """Map the weights of a network saved before denoisers were modules onto this one.
+
+        Older files hold the shrinkage parameters as ``theta.<t>`` and the MLPs as
+        ``mlps.<k>.…`` (one per layer, or one shared); they become ``denoisers.<t>.theta``
+        (``denoisers.<t>.shrinkage.theta`` and ``denoisers.<t>.mlp.…`` for ``"mlp"``).
+        """
+        if any(k.startswith("denoisers.") for k in state) or self.tie_denoiser:
+            return state
+        inner = "shrinkage." if hasattr(self.layer_denoiser(0), "shrinkage") else ""
+        n_mlps = len({m[1] for k in state if (m := re.match(r"mlps\.(\d+)\.", k))})
+        out = {}
+        for key, value in state.items():
+            if m := re.fullmatch(r"theta\.(\d+)", key):
+                out[f"denoisers.{m[1]}.{inner}theta"] = value
+            elif m := re.match(r"mlps\.(\d+)\.(.*)", key):
+                layers = range(self.n_layers) if n_mlps == 1 else [int(m[1])]
+                for t in layers:
+                    out[f"denoisers.{t}.mlp.{m[2]}"] = value
+            else:
+                out[key] = value
         return out

@@ -30,15 +30,15 @@ from torch import Tensor
 
 from ..operators import LinearOperator, as_operator
 from ..steps import amp_step
-from ._unrolled import LEARNED_DENOISERS, ShrinkageDenoisers, UnrolledNetwork, make_param
+from ._unrolled import LEARNED_DENOISERS, DenoiserLayers, UnrolledNetwork, make_param
 
-#: Denoisers a LAMP layer can use: the parameterised shrinkages and a per-entry MLP.
+#: Denoiser names a LAMP layer accepts (besides any denoiser module).
 LAMP_DENOISERS = LEARNED_DENOISERS
 #: The parameterisations of the back-projection ``B_t``.
 PARAMETERIZATIONS = ("matrix", "operator")
 
 
-class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
+class LAMPNetwork(DenoiserLayers, UnrolledNetwork):
     r"""Learned AMP: ``n_layers`` AMP iterations with per-layer ``B_t``, ``θ_t`` and ``c_t``.
 
     Parameters
@@ -47,22 +47,21 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         Depth.
     operator_shape : (int, int)
         ``(M, N)``.
-    denoiser : str, default="bg"
-        One of ``"soft"``, ``"bg"``, ``"pwlin"``, ``"expo"``, ``"spline"``
-        (:mod:`sklearn_unfold.denoisers`) or ``"mlp"``: the BG shrinkage plus the residual of a
-        small per-entry :class:`~sklearn_unfold.denoisers.MLPDenoiser` per layer
-        (:func:`~sklearn_unfold.denoisers.mlp_residual_denoiser`), which starts at zero.
+    denoiser : torch.nn.Module or str, default="bg"
+        The denoiser every layer starts from: a module following the contract of
+        :mod:`sklearn_unfold.denoisers` (a shrinkage, an MLP, a CNN, or a user's own), or a name
+        of :data:`~sklearn_unfold.denoisers.DENOISER_NAMES` (``"mlp"``: the BG shrinkage plus
+        a per-entry MLP residual that starts at zero). With a non-separable denoiser (a CNN)
+        the network is learned D-AMP (Metzler, Mousavi and Baraniuk, NeurIPS 2017).
     theta : array-like of shape (n_theta,), optional
-        Initial shrinkage parameters of every layer (for ``"mlp"``, the BG part's ``(v, ℓ)``);
-        the shrinkage's defaults when omitted.
+        Initial parameters of a named shrinkage (for ``"mlp"``, the BG part's ``(v, ℓ)``).
     tied : bool, default=False
-        One matrix ``B`` (or one scale ``β``) for all layers (the per-layer ``θ_t`` and ``c_t``
-        stay free).
+        One matrix ``B`` (or one scale ``β``) for all layers (``c_t`` stays free).
+    tie_denoiser : bool, default=False
+        One denoiser module shared by every layer, instead of one copy per layer.
     B0 : Tensor of shape (N, M), optional
         The initial back-projection (``Aᴴ``) of the ``"matrix"`` parameterisation; ``None``
         gives the ``"operator"`` parameterisation ``B_t = β_t Aᴴ``.
-    mlp_hidden : int, default=16
-        Hidden width of the MLP denoiser.
     dtype, device
         Of the parameters.
 
@@ -72,8 +71,8 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     update rule here. Use :meth:`from_amp` to build one.
     """
 
-    def __init__(self, n_layers: int, operator_shape, denoiser: str = "bg", theta=None, *,
-                 tied: bool = False, B0: Tensor | None = None, mlp_hidden: int = 16,
+    def __init__(self, n_layers: int, operator_shape, denoiser="bg", theta=None, *,
+                 tied: bool = False, tie_denoiser: bool = False, B0: Tensor | None = None,
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__(n_layers, tied)
         self.operator_shape = tuple(int(d) for d in operator_shape)
@@ -88,13 +87,13 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         else:
             self.add_layer_params("beta", lambda: make_param(1.0, dtype, device), tieable=True)
         self.add_layer_params("onsager_scale", lambda: make_param(1.0, dtype, device))
-        self._init_denoisers(denoiser, theta, tie_mlp=False, mlp_hidden=mlp_hidden, dtype=dtype,
+        self._init_denoisers(denoiser, theta, tie_denoiser=tie_denoiser, dtype=dtype,
                              device=device)
 
     @classmethod
-    def from_amp(cls, A, denoiser: str, theta, n_layers: int, *, tied: bool = False,
-                 parameterization: str = "matrix", dtype: torch.dtype = torch.float32,
-                 device="cpu", mlp_hidden: int = 16) -> LAMPNetwork:
+    def from_amp(cls, A, denoiser, theta, n_layers: int, *, tied: bool = False,
+                 tie_denoiser: bool = False, parameterization: str = "matrix",
+                 dtype: torch.dtype = torch.float32, device="cpu") -> LAMPNetwork:
         """Unroll ``n_layers`` iterations of AMP with denoiser ``denoiser(·; θ)``.
 
         Parameters
@@ -102,12 +101,13 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         A : array-like, tensor or LinearOperator
             The operator (``"matrix"``: its dense ``Aᴴ`` initialises ``B_t``; ``"operator"``:
             only its shape is used).
-        denoiser : str
-            Denoiser name (see the class docstring).
+        denoiser : torch.nn.Module or str
+            The denoiser (see the class docstring).
         theta : array-like of shape (n_theta,) or None
-            The AMP's denoiser parameters (e.g. a fitted ``AMPRegressor.theta_``).
+            The AMP's shrinkage parameters (e.g. a fitted ``AMPRegressor.theta_``) for a named
+            shrinkage; ``None`` for a module.
         n_layers : int
-        tied : bool, default=False
+        tied, tie_denoiser : bool, default=False
         parameterization : {"matrix", "operator"}, default="matrix"
         dtype : torch.dtype, default=torch.float32
         device : str or torch.device, default="cpu"
@@ -131,8 +131,8 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                     f"per-sample batch of shape {op.shape}. Use parameterization='operator'.")
             dense = op.to_dense()
             B0 = dense.conj().mT.contiguous()
-        return cls(n_layers, op.shape[-2:], denoiser, theta, tied=tied, B0=B0,
-                   mlp_hidden=mlp_hidden, dtype=dtype, device=device)
+        return cls(n_layers, op.shape[-2:], denoiser, theta, tied=tied, tie_denoiser=tie_denoiser,
+                   B0=B0, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ layers
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
@@ -141,12 +141,11 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         x = v = b = None  # x̂_0 = 0, v_{-1} = 0, b_0 = 0
         outputs = []
         for t in range(self.n_active):
-            fn, theta = self._denoise(t)
             if self.parameterization == "matrix":
                 B, step = self.layer_param("B", t), 1.0
             else:
                 B, step = None, self.layer_param("beta", t)
-            x, v, b, _ = amp_step(x, v, b, Y, op, fn, theta, B=B, step=step,
+            x, v, b, _ = amp_step(x, v, b, Y, op, self.layer_denoiser(t), B=B, step=step,
                                   onsager_scale=self.onsager_scale[t])
             outputs.append(x)
         return outputs
@@ -154,12 +153,13 @@ class LAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     def layer_summary(self) -> dict[str, np.ndarray]:
         """``{"onsager_scale": (L,), "theta": (L, n_theta), <θ names>: (L,) ...}``.
 
-        For ``"soft"`` the threshold multipliers are also under ``"threshold"``; for ``"bg"``
-        the active rate ``p = 1/(1+e^ℓ)`` is under ``"sparsity"``; the ``"operator"``
-        parameterisation adds the back-projection scales under ``"step"``.
+        The denoisers' readable parameters come layer by layer (a shrinkage's ``theta`` and
+        its named entries; for the soft threshold ``"threshold"``, for BG the active rate
+        ``"sparsity"``; nothing for a neural denoiser); the ``"operator"`` parameterisation adds
+        the back-projection scales under ``"step"``.
         """
         out = {"onsager_scale": self.per_layer_values("onsager_scale").reshape(-1)}
-        out.update(self._theta_summary())
+        out.update(self._denoiser_summary())
         if self.parameterization == "operator":
             out["step"] = self.per_layer_values("beta").reshape(-1)
         return out

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..operators import LinearOperator
 from ..steps import vamp_initial_precision, vamp_precision_bounds, vamp_step
-from ._unrolled import ShrinkageDenoisers, UnrolledNetwork, make_param
+from ._unrolled import DenoiserLayers, UnrolledNetwork, make_param
 
 #: The smallest noise variance, relative to the signal's second moment (noiseless data).
 _MIN_NOISE_VAR = 1e-9
@@ -24,7 +24,7 @@ _MIN_NOISE_VAR = 1e-9
 _MIN_DAMPING = 0.05
 
 
-class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
+class LDVAMPNetwork(DenoiserLayers, UnrolledNetwork):
     r"""Learned denoising VAMP (Borgerding's LVAMP generalised to learned denoisers).
 
     Layer ``t`` is one call of :func:`~sklearn_unfold.steps.vamp_step`:
@@ -57,13 +57,14 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     * ``g_t`` (``n_gains > 0``): per-singular-value gains, initialised at 1; they belong to one
       operator's SVD, so a network with gains serves only operators with ``n_gains`` singular
       values;
-    * ``η_t``: a parameterised shrinkage of :mod:`~sklearn_unfold.denoisers` with parameters
-      ``θ_t`` (initialised at ``theta``), or for ``denoiser="mlp"`` the BG shrinkage plus the
-      residual of an :class:`~sklearn_unfold.denoisers.MLPDenoiser`, which starts at zero.
+    * ``η_t``: the layer's denoiser module (:mod:`~sklearn_unfold.denoisers`): a parameterised
+      shrinkage with parameters ``θ_t`` (initialised at ``theta``), the BG shrinkage plus the
+      residual of a per-entry MLP (``"mlp"``, which starts at zero), or any module, a CNN
+      included (learned D-VAMP: its divergence ``α_1`` then comes from a Monte-Carlo probe).
 
-    At initialisation the network reproduces the classical VAMP iterates (for ``"mlp"``, those
-    of VAMP-bg). ``tied=True`` shares the LMMSE stage (``γ_w`` and the gains) and, for
-    ``"mlp"``, the MLP across layers; the corrections and the shrinkage parameters stay per
+    At initialisation the network reproduces the classical VAMP iterates with its denoiser (for
+    ``"mlp"``, those of VAMP-bg). ``tied=True`` shares the LMMSE stage (``γ_w`` and the gains)
+    across layers; ``tie_denoiser=True`` shares the denoiser module; the corrections stay per
     layer.
 
     Parameters
@@ -71,16 +72,18 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
     n_layers : int
     operator_shape : (int, int)
         ``(M, N)``.
-    denoiser : str
-        A shrinkage of :data:`~sklearn_unfold.denoisers.DENOISER_PARAMS` or ``"mlp"``.
-    theta : array-like
-        Initial shrinkage parameters (for ``"mlp"``: the BG parameters ``(v, ℓ)``).
+    denoiser : torch.nn.Module or str
+        A denoiser module, or a name of :data:`~sklearn_unfold.denoisers.DENOISER_NAMES`.
+    theta : array-like or None
+        Initial parameters of a named shrinkage (for ``"mlp"``: the BG parameters ``(v, ℓ)``).
     noise_var : float
         ``σw²``; the initial noise precision is ``1/σw²`` (``σw²`` floored at
         ``1e-9·E[x²]`` for noiseless data: relative to the data, so scale-free).
     signal_second_moment : float
         ``E[x²]``; it floors the first layer's per-sample starting precision.
     tied : bool, default=False
+    tie_denoiser : bool, default=False
+        One denoiser module for every layer instead of one copy per layer.
     n_gains : int, default=0
         Number of per-singular-value gains (0: none).
     damping : float in (0, 1], default=1.0
@@ -92,10 +95,10 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         Of the parameters.
     """
 
-    def __init__(self, n_layers: int, operator_shape, denoiser: str, theta, noise_var: float,
-                 signal_second_moment: float, *, tied: bool = False, n_gains: int = 0,
-                 damping: float = 1.0, adaptive_noise: bool = False,
-                 dtype: torch.dtype = torch.float32, device=None, mlp_hidden: int = 16):
+    def __init__(self, n_layers: int, operator_shape, denoiser, theta, noise_var: float,
+                 signal_second_moment: float, *, tied: bool = False, tie_denoiser: bool = False,
+                 n_gains: int = 0, damping: float = 1.0, adaptive_noise: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None):
         super().__init__(n_layers, tied)
         if signal_second_moment <= 0:
             raise ValueError(f"signal_second_moment must be > 0; got {signal_second_moment}.")
@@ -127,12 +130,13 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         if self.damped:  # layer 0 starts from r2 = 0: there is nothing to damp towards
             self.add_layer_params("damping", lambda: make_param([float(damping)], dtype, device),
                                   first=1)
-        self._init_denoisers(denoiser, theta, tie_mlp=True, mlp_hidden=mlp_hidden, dtype=dtype,
+        self._init_denoisers(denoiser, theta, tie_denoiser=tie_denoiser, dtype=dtype,
                              device=device)
 
     @classmethod
-    def from_vamp(cls, A, denoiser: str, theta, noise_var: float, signal_second_moment: float,
-                  n_layers: int, *, tied: bool = False, gains: bool = False,
+    def from_vamp(cls, A, denoiser, theta, noise_var: float, signal_second_moment: float,
+                  n_layers: int, *, tied: bool = False, tie_denoiser: bool = False,
+                  gains: bool = False,
                   damping: float = 1.0, adaptive_noise: bool = False,
                   dtype: torch.dtype = torch.float32, device=None) -> LDVAMPNetwork:
         """Build the network whose layers are, at initialisation, the iterations of VAMP.
@@ -142,7 +146,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         A : array-like, tensor or LinearOperator
             The operator it is built for (its shape; with ``gains``, its number of singular
             values).
-        denoiser, theta, noise_var, signal_second_moment, n_layers, tied
+        denoiser, theta, noise_var, signal_second_moment, n_layers, tied, tie_denoiser
             See the class docstring.
         gains : bool
             Learn per-singular-value gains of the LMMSE stage (needs an operator with an SVD).
@@ -169,8 +173,8 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                                  f"got {type(op).__name__} of shape {op.shape}.")
             n_gains = int(svd[1].shape[-1])
         return cls(n_layers, op.shape[-2:], denoiser, theta, noise_var, signal_second_moment,
-                   tied=tied, n_gains=n_gains, damping=damping, adaptive_noise=adaptive_noise,
-                   dtype=dtype, device=device)
+                   tied=tied, tie_denoiser=tie_denoiser, n_gains=n_gains, damping=damping,
+                   adaptive_noise=adaptive_noise, dtype=dtype, device=device)
 
     # ------------------------------------------------------------------ interface
     def forward(self, Y: Tensor, op: LinearOperator) -> list[Tensor]:
@@ -193,13 +197,12 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
                                      device=Y.device)
         outs = []
         for t in range(self.n_active):
-            fn, theta = self._denoise(t)
             if self.adaptive_noise:
                 gamma_w = gamma_w_hat * self.layer_param("log_cw", t).exp()
             else:
                 gamma_w = self.layer_param("log_gamma_w", t).exp()
             x1, r2_new, gamma2_new, _, *em = vamp_step(
-                r2, gamma2 * self.log_c2[t].exp(), context, op, gamma_w, fn, theta,
+                r2, gamma2 * self.log_c2[t].exp(), context, op, gamma_w, self.layer_denoiser(t),
                 gain_scale=self.layer_param("gain", t) if self.gains else None,
                 gamma1_scale=self.log_c1[t].exp(), precision_bounds=bounds,
                 y=Y if self.adaptive_noise else None)
@@ -217,8 +220,9 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
         """Per-layer coefficients.
 
         ``noise_precision`` (``γ_w``), ``gamma1_scale`` (``c_1``), ``gamma2_scale`` (``c_2``),
-        ``theta`` (``(n_layers, P)``, the shrinkage parameters) and ``gain`` (``(n_layers, R)``,
-        with gains only).
+        the denoisers' readable parameters layer by layer (a shrinkage's ``theta``,
+        ``(n_layers, P)``, and its named entries; nothing for a neural denoiser) and ``gain``
+        (``(n_layers, R)``, with gains only).
         """
         T = self.n_layers
         noise = ("noise_precision_scale", "log_cw") if self.adaptive_noise else (
@@ -227,7 +231,7 @@ class LDVAMPNetwork(ShrinkageDenoisers, UnrolledNetwork):
             noise[0]: self.per_layer_values(noise[1], torch.exp).reshape(T),
             "gamma1_scale": self.per_layer_values("log_c1", torch.exp).reshape(T),
             "gamma2_scale": self.per_layer_values("log_c2", torch.exp).reshape(T),
-            "theta": self.per_layer_values("theta"),
+            **self._denoiser_summary(),
         }
         if self.gains:
             out["gain"] = self.per_layer_values("gain")

@@ -26,8 +26,11 @@ raw bytes), complex torch tensors and parameters (stored as their real views, th
 and imaginary parts), Python ``complex`` numbers, and the package's operators on complex data
 (``DenseOperator``, ``PartialDFT``, ...: stored as their attributes). A file that holds a complex
 tensor or a Python complex number is written as format version 3, which older releases refuse as
-"newer than this sklearn_unfold reads"; every other file is written as version 2, exactly as
-before, and stays readable by them.
+"newer than this sklearn_unfold reads". A file that holds a denoiser module (a classical
+estimator's fixed denoiser, a learned estimator's denoiser template, such as a convolutional
+network) is written as version 4: the module's class (one of :mod:`sklearn_unfold.denoisers`),
+its constructor settings and its weights. Every other file is written as version 2, exactly as
+before, and stays readable by older releases.
 
 Tensors record their device; :func:`load` puts them back there when it exists and on the CPU
 otherwise (with a warning), so a GPU-trained model predicts on a CPU-only machine.
@@ -52,9 +55,9 @@ from ._estimators import Decoder, Encoder
 FORMAT_NAME = "sklearn-unfold-model"
 #: The newest format version this release reads and writes. Version 2: estimators as parameters,
 #: public fitted attributes and networks' state_dicts. Version 3 adds complex torch tensors and
-#: Python complex numbers; :func:`save` writes it only for a model that holds one, and version 2
-#: (readable by every release that reads version 2) otherwise.
-FORMAT_VERSION = 3
+#: Python complex numbers; version 4 adds denoiser modules. :func:`save` writes the lowest
+#: version that describes the model (version 2, readable by every release, when it can).
+FORMAT_VERSION = 4
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
@@ -75,9 +78,11 @@ def save(estimator: BaseEstimator, path: PathOrFile) -> None:
 
     Notes
     -----
-    The file is written as format version 3 when the model holds a complex torch tensor or a
-    Python complex number (a model fitted on complex signals, typically), and as version 2
-    otherwise, so that releases which read only version 2 still load it.
+    The file is written as format version 4 when the model holds a denoiser module (every
+    fitted AMP or VAMP, and a learned estimator given a module as ``denoiser``), as version 3
+    when it holds a complex torch tensor or a Python complex number (a model fitted on complex
+    signals, typically), and as version 2 otherwise, so that releases which read only version 2
+    still load it. A user-defined denoiser module cannot be stored: use pickle or joblib.
 
     Raises
     ------

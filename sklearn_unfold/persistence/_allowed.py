@@ -77,13 +77,43 @@ def allowed_functions() -> dict[str, Any]:
     for name in getattr(denoisers, "__all__", dir(denoisers)):
         fn = getattr(denoisers, name, None)
         if (not name.startswith("_") and callable(fn) and not isinstance(fn, type)
-                and getattr(fn, "__module__", None) == denoisers.__name__):
+                and str(getattr(fn, "__module__", "")).startswith(denoisers.__name__)):
             out[f"sklearn_unfold.denoisers:{name}"] = fn
     functional = torch.nn.functional
     for name in dir(functional):
         if name.endswith("_loss") and not name.startswith("_") and callable(fn := getattr(functional, name)):
             out[f"{_FUNCTIONAL}:{name}"] = fn
     return out
+
+
+def denoiser_classes() -> dict[str, type]:
+    """``"sklearn_unfold.denoisers:Name"`` of the denoiser modules a file may hold: stored as
+    their constructor settings and weights, rebuilt by ``cls(**settings)``."""
+    from .. import denoisers
+
+    out = {}
+    for name in denoisers.__all__:
+        cls = getattr(denoisers, name, None)
+        if (isinstance(cls, type) and issubclass(cls, denoisers.Denoiser)
+                and cls not in (denoisers.Denoiser, denoisers.Shrinkage,
+                                denoisers.FunctionDenoiser)):
+            out[f"sklearn_unfold.denoisers:{name}"] = cls
+    return out
+
+
+def denoiser_class_ref(obj) -> str | None:
+    for ref, cls in denoiser_classes().items():
+        if type(obj) is cls:
+            return ref
+    return None
+
+
+def resolve_denoiser_class(ref) -> type:
+    cls = denoiser_classes().get(ref) if isinstance(ref, str) else None
+    if cls is None:
+        raise ValueError(f"refusing to load a denoiser of class {str(ref)[:200]!r}: only "
+                         f"{sorted(denoiser_classes())} can be loaded")
+    return cls
 
 
 def callable_ref(obj) -> str | None:

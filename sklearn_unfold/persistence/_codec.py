@@ -32,6 +32,8 @@ TAG = "__type__"
 BASE_VERSION = 2
 #: The first format version with complex torch tensors and Python complex numbers.
 COMPLEX_VERSION = 3
+#: The first format version that holds denoiser modules (their settings and weights).
+DENOISER_VERSION = 4
 #: How deeply values may nest (an estimator inside an estimator counts a few levels).
 MAX_DEPTH = 64
 #: numpy dtypes an array may declare: booleans, integers, floats and complex numbers, no
@@ -130,6 +132,8 @@ class ValueEncoder:
             return self.estimator(obj, where)
         if (ref := _allowed.loss_class_ref(obj)) is not None:
             return self._loss(obj, ref, where)
+        if (ref := _allowed.denoiser_class_ref(obj)) is not None:
+            return self._denoiser(obj, ref, where)
         if isinstance(obj, nn.Module):
             return self.module(obj, where)
         if (ref := _allowed.callable_ref(obj)) is not None:
@@ -168,6 +172,14 @@ class ValueEncoder:
                             "the safe format does not store; use pickle or joblib for it.")
         buffers = {k: self.encode(v, f"{where}.{k}") for k, v in obj._buffers.items() if v is not None}
         return {TAG: "loss", "class": ref, "attributes": attrs, "buffers": buffers}
+
+    def _denoiser(self, obj: nn.Module, ref: str, where: str) -> dict:
+        """A denoiser of the package: its constructor settings, weights and mode (format 4)."""
+        self.version = max(self.version, DENOISER_VERSION)
+        state = {k: self._tensor(v.detach(), f"{where}.{k}") for k, v in obj.state_dict().items()}
+        return {TAG: "denoiser", "class": ref, "config": self.dict(obj.config(), where),
+                "state_dict": state, "training": bool(obj.training),
+                "frozen": not any(p.requires_grad for p in obj.parameters())}
 
     def _tensor(self, t: torch.Tensor, where: str) -> dict:
         if id(t) in self._memo:  # the same tensor twice: one copy, the same object on loading
@@ -268,10 +280,38 @@ class ValueDecoder:
                 "npscalar": self._npscalar, "torch.dtype": self._dtype, "torch.device": self._device,
                 "RandomState": self._random_state, "function": self._callable,
                 "class": self._callable, "loss": self._loss, "object": self._object, "spec": self._spec,
-                "estimator": self.estimator, "module": self._bare_module}
+                "estimator": self.estimator, "module": self._bare_module,
+                "denoiser": self._denoiser}
 
     def estimator(self, obj: dict, depth: int):  # pragma: no cover - provided by the subclass
         raise NotImplementedError
+
+    def _denoiser(self, obj: dict, depth: int) -> nn.Module:
+        fields(obj, ("class", "config", "state_dict", "training", "frozen"))
+        if self.format_version < DENOISER_VERSION:
+            raise ValueError(f"damaged: a file of format version {self.format_version} holds a "
+                             f"denoiser module, which only format version {DENOISER_VERSION} and "
+                             "later describe")
+        cls = _allowed.resolve_denoiser_class(obj["class"])
+        config = self.decode(obj["config"], depth)
+        state = obj["state_dict"]
+        if not isinstance(config, dict) or not isinstance(state, dict):
+            raise ValueError(f"a {cls.__name__} entry without its settings and weights tables")
+        if not all(isinstance(v, (bool, int, float, str, tuple)) or v is None
+                   for v in config.values()):
+            raise ValueError(f"the settings of a {cls.__name__} hold something other than plain "
+                             "values")
+        try:
+            module = cls(**config)
+            tensors = {k: self.decode(v, depth) for k, v in state.items()}
+            module.load_state_dict(tensors, strict=True)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"the stored {cls.__name__} does not fit its class: "
+                             f"{str(exc)[:300]}") from None
+        module.train(bool(obj["training"]))
+        if obj["frozen"] is True:
+            module.requires_grad_(False)
+        return module
 
     def _bare_module(self, obj: dict, depth: int):
         raise ValueError("a network's weights may only appear as a fitted attribute of a learned "

@@ -10,6 +10,8 @@ private attributes are recomputed by the estimator's own code, never read from t
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
@@ -65,7 +67,8 @@ class Encoder(ValueEncoder):
         attributes = {}
         for key, value in public_fitted(est).items():
             here = f"{where}.{key}"
-            network = isinstance(value, nn.Module) and _allowed.loss_class_ref(value) is None
+            network = (isinstance(value, nn.Module) and _allowed.loss_class_ref(value) is None
+                       and _allowed.denoiser_class_ref(value) is None)
             if network and not hasattr(est, "_build_module"):
                 raise TypeError(f"{here} is a torch module, which only a learned estimator can "
                                 "rebuild on loading; use pickle or joblib for this model.")
@@ -156,6 +159,10 @@ class Decoder(ValueDecoder):
             raise ValueError(f"the stored weights do not fit the network a {type(est).__name__} with "
                              f"these parameters builds: {k!r} is stored as {tensors[k].dtype} but "
                              f"built as {built[k].dtype}")
+        legacy = False
+        if hasattr(module, "upgrade_state_dict"):  # weights saved by an older release
+            upgraded = module.upgrade_state_dict(tensors)
+            legacy, tensors = upgraded.keys() != tensors.keys(), upgraded
         try:
             module.load_state_dict(tensors, strict=True)
         except RuntimeError as exc:
@@ -163,6 +170,8 @@ class Decoder(ValueDecoder):
                              f"these parameters builds: {str(exc)[:400]}") from None
         subs = dict(module.named_modules())
         for name, entry in settings.items():
+            if legacy and name not in subs and re.fullmatch(r"(theta|mlps)(\..*)?", name):
+                continue  # the containers of an older release's layout (their values are weights)
             if name not in subs or not isinstance(entry, dict):
                 raise ValueError(f"the stored network has a part {str(name)[:60]!r} that the "
                                  "rebuilt one lacks")

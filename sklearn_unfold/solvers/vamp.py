@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ..denoisers import DenoiserFn
+from ..denoisers import as_denoiser
 from ..operators import LinearOperator, as_operator
 from ..steps import vamp_initial_precision, vamp_precision_bounds, vamp_step
 from ._loop import IterationReport, run_iterations
@@ -20,8 +20,8 @@ from ._loop import IterationReport, run_iterations
 def vamp_iterates(
     Y: Tensor,
     A: LinearOperator | Tensor,
-    denoiser: DenoiserFn,
-    theta: Tensor,
+    denoiser,
+    theta: Tensor | None,
     noise_var: float,
     signal_second_moment: float,
     *,
@@ -45,6 +45,13 @@ def vamp_iterates(
 
     Parameters
     ----------
+    denoiser : torch.nn.Module, str or callable
+        The denoiser stage, called as ``denoiser(r, σ) -> (x̂1, ⟨g'⟩)``: a module of
+        :mod:`sklearn_unfold.denoisers` or a user's (a fixed CNN makes this D-VAMP), a name, or
+        a scalar function ``fn(r, σ, θ)`` with its ``theta``
+        (:func:`~sklearn_unfold.denoisers.as_denoiser`).
+    theta : Tensor or None
+        The parameters of a function or named shrinkage; ``None`` for a module.
     noise_var : float
         ``σw²``; the LMMSE stage uses ``γw = 1/σw²`` (with ``adaptive_noise``, at the first
         iteration).
@@ -63,6 +70,7 @@ def vamp_iterates(
     """
     op = as_operator(A, dtype=Y.dtype, device=Y.device)
     op.check_batch(Y.shape[0])
+    denoiser = as_denoiser(denoiser, theta)
     n = Y.shape[0]
     gamma0 = vamp_initial_precision(Y, op.frobenius_sq(), noise_var, signal_second_moment)
     state = {
@@ -78,7 +86,7 @@ def vamp_iterates(
 
     def step(sub, sub_op, t):
         out = vamp_step(sub["r2"], sub["gamma2"], sub["ctx"], sub_op,
-                        sub["gamma_w"] if adaptive_noise else gamma_w, denoiser, theta,
+                        sub["gamma_w"] if adaptive_noise else gamma_w, denoiser,
                         precision_bounds=vamp_precision_bounds(sub["gamma0"]),
                         y=sub["y"] if adaptive_noise else None)
         x1, r2, gamma2 = out[:3]
@@ -94,7 +102,7 @@ def vamp_iterates(
                               report=report if report is not None else IterationReport())
 
 
-def vamp(Y: Tensor, A, denoiser: DenoiserFn, theta: Tensor, noise_var: float,
+def vamp(Y: Tensor, A, denoiser, theta: Tensor | None, noise_var: float,
          signal_second_moment: float, **kwargs) -> tuple[Tensor, int]:
     """Run :func:`vamp_iterates` to the end; return ``(X_hat, n_iter)``."""
     report = IterationReport()

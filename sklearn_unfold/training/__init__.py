@@ -27,6 +27,9 @@ The recipe (Borgerding, Schniter and Rangan, 2017; Chen et al., 2018):
   ``eval_every`` steps, ``n_iter_no_change`` checks without an improvement of ``tol`` dB) and
   ends on its best validation checkpoint.
 
+A denoiser without an analytic starting point (a CNN) is first trained alone on noisy signals at
+the noise levels the layers see (:func:`pretrain_denoiser`, after learned D-AMP), then unrolled.
+
 Every validation check is a record of ``history_`` (a learning curve) and is handed to the
 callbacks, which may stop training. The optimiser (:class:`Optimizer`) and the within-stage
 learning-rate scheduler (:class:`LRSchedule`) are plug-ins.
@@ -42,8 +45,9 @@ The loop is a handful of small methods in the style of skorch — :meth:`Trainer
 """
 
 from ..batches import PairBatches, PriorBatches, SyntheticBatches
+from ._pretrain import denoising_loss, pretrain_denoiser
 from ._specs import LRSchedule, Optimizer
 from ._trainer import Stage, Trainer, layer_nmse
 
 __all__ = ["LRSchedule", "Optimizer", "PairBatches", "PriorBatches", "Stage", "SyntheticBatches",
-           "Trainer", "layer_nmse"]
+           "Trainer", "denoising_loss", "layer_nmse", "pretrain_denoiser"]

@@ -1,6 +1,6 @@
-"""Scalar denoisers ``η(r; σ, θ)`` with their mean derivative.
+"""Scalar (entrywise) shrinkages ``η(r; σ, θ)`` with their mean derivative: the math.
 
-Every denoiser here is a plain torch function
+Every shrinkage here is a plain torch function
 
 .. code-block:: text
 
@@ -13,7 +13,8 @@ Every denoiser here is a plain torch function
 * ``value``  : ``η(r)``, same shape as ``r``;
 * ``dmean``  : ``⟨η'(r)⟩``, the mean over the N entries of the derivative, shape ``(n_samples, 1)``.
 
-All functions are differentiable in ``theta`` (the learned networks train them unchanged) and
+All functions are differentiable in ``theta`` (the modules of
+:mod:`sklearn_unfold.denoisers` hold ``theta`` as a parameter and call them unchanged) and
 in ``r``. AMP's Onsager term and VAMP's precision updates are built from ``dmean``.
 
 **Complex signals.** A complex ``r`` (circularly-symmetric noise, ``E|r − x|² = σ²``) is
@@ -36,7 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 DenoiserFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -238,90 +239,9 @@ def spline(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return value, _mean(deriv)
 
 
-class MLPDenoiser(nn.Module):
-    r"""A small per-entry MLP denoiser ``η(r) = r + f([r/σ, log σ])·σ``.
-
-    The features are normalised by σ so the same weights serve every noise level; the mean
-    derivative ``⟨η'⟩`` is computed exactly by autograd (the network acts entrywise, so the
-    divergence is the sum of the gradient of ``Σ η`` with respect to ``r``).
-
-    Parameters
-    ----------
-    hidden : int
-        Width of the two hidden layers.
-    """
-
-    def __init__(self, hidden: int = 16):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, 1),
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, r: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        # The divergence needs autograd even under no_grad; its graph is kept only when the
-        # caller records one (training, or fine-tuning a model left in eval mode).
-        keep_graph = torch.is_grad_enabled()
-        if r.is_complex():
-            return self._complex_forward(r, sigma, keep_graph)
-        with torch.enable_grad():
-            r_in = r if r.requires_grad else r.detach().requires_grad_(True)
-            s = sigma.expand_as(r_in)
-            feats = torch.stack([r_in / s, torch.log(s.clamp_min(_tiny(s.dtype)))], dim=-1)
-            value = r_in + self.net(feats).squeeze(-1) * s
-            (grad,) = torch.autograd.grad(value.sum(), r_in, create_graph=keep_graph)
-        if not keep_graph:
-            value = value.detach()
-        return value, _mean(grad)
-
-    def _complex_forward(self, r: Tensor, sigma: Tensor, keep_graph: bool
-                         ) -> tuple[Tensor, Tensor]:
-        r"""``η(r) = r (1 + f([|r|/σ, log σ]))``: a learned gain of the modulus, phase kept.
-
-        A circularly-symmetric prior's posterior mean has exactly this form (``r`` times a
-        function of ``|r|``), so modulus features lose nothing and the denoiser is equivariant
-        to phase rotations; real-and-imaginary features would have to learn that symmetry.
-        With ``u = |r|/σ`` the complex divergence is ``1 + f + ½ u ∂f/∂u``.
-        """
-        with torch.enable_grad():
-            s = sigma.expand(r.shape)
-            u = r.abs() / s
-            u_in = u if u.requires_grad else u.detach().requires_grad_(True)
-            feats = torch.stack([u_in, torch.log(s.clamp_min(_tiny(s.dtype)))], dim=-1)
-            h = self.net(feats).squeeze(-1)
-            (dh,) = torch.autograd.grad(h.sum(), u_in, create_graph=keep_graph)
-            value = r * (1.0 + h)
-            deriv = 1.0 + h + 0.5 * u_in * dh
-        if not keep_graph:
-            value, deriv = value.detach(), deriv.detach()
-        return value, _mean(deriv)
-
-
 _DENOISERS: dict[str, DenoiserFn] = {
     "soft": soft, "bg": bg, "pwlin": pwlin, "expo": expo, "spline": spline,
 }
-
-
-def mlp_residual_denoiser(mlp: MLPDenoiser, base: DenoiserFn) -> DenoiserFn:
-    r"""A shrinkage plus a learned per-entry MLP residual (the ``"mlp"`` denoiser of LDVAMP).
-
-    .. math:: η(r; σ, θ) = η_{\mathrm{base}}(r; σ, θ) + \big(η_{\mathrm{mlp}}(r; σ) - r\big),
-              \qquad \langle η'\rangle = \langle η_{\mathrm{base}}'\rangle
-              + \langle η_{\mathrm{mlp}}'\rangle - 1
-
-    :class:`~sklearn_unfold.denoisers.MLPDenoiser` starts at the identity (its last layer is
-    zero), so this denoiser starts exactly at the shrinkage: an MLP-LDVAMP starts at the VAMP it
-    unrolls instead of at an identity denoiser, where VAMP's precision updates degenerate.
-    """
-
-    def denoise(r: Tensor, sigma: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        value, dmean = base(r, sigma, theta)
-        m_value, m_dmean = mlp(r, sigma)
-        return value + (m_value - r), dmean + (m_dmean - 1.0)
-
-    return denoise
 
 
 def get_denoiser(name: str) -> DenoiserFn:

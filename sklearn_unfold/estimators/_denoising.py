@@ -1,0 +1,134 @@
+"""What LAMP and LDVAMP share about their denoiser: the template, tying, pretraining.
+
+``denoiser`` is a name or any denoiser module (:mod:`sklearn_unfold.denoisers`); the network
+copies it into every layer (or shares one copy, ``tie_denoiser=True``). A denoiser without an
+analytic starting point (a CNN) is pretrained alone on noisy training signals at the noise levels
+the layers of the analytic network see, then unrolled and trained end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+
+from .._warnings import warn_user
+from ..denoisers import DENOISER_NAMES, default_theta, make_denoiser
+from ..training import pretrain_denoiser
+
+#: The documentation of the denoiser parameters, shared by LAMP and LDVAMP.
+DENOISER_PARAMS_DOC = """
+    tie_denoiser : bool, default=False
+        Share one denoiser module between all layers instead of giving each layer its own copy
+        of ``denoiser`` (every copy starts equal and is trained apart). The rule is the same
+        for every denoiser: a shrinkage's ``θ``, an MLP and a CNN alike; ``tied`` governs the
+        rest of the layer.
+    pretrain : "auto" or bool, default="auto"
+        Train the denoiser alone before unrolling it: on the training signals plus Gaussian
+        noise at the noise levels the layers of the analytic network (the same network with the
+        Bernoulli-Gaussian denoiser) see on the held-out pairs, at ``learning_rate`` with the
+        early-stopping settings of a stage (after Metzler et al.'s learned D-AMP), then copy
+        it into every layer. ``"auto"`` pretrains denoisers without an analytic starting point
+        (the convolutional ones). The record is in ``pretrain_history_``.
+    pretrain_epochs : float, default=30
+        The most passes over the training signals (each with fresh noise) that pretraining
+        takes; a pass costs one evaluation of the denoiser per signal, far less than a pass of
+        the unrolled network.
+    mixed_precision : bool, default=False
+        Run the convolutions of a convolutional denoiser in bfloat16 under ``torch.autocast``
+        (meant for GPUs; the message-passing arithmetic stays in ``dtype``)."""
+
+
+class DenoisingEstimatorMixin:
+    """Denoiser handling of the learned estimators whose layers call a denoiser module."""
+
+    _denoiser_constraints: dict = {
+        "denoiser": [StrOptions(set(DENOISER_NAMES)), nn.Module],
+        "tie_denoiser": ["boolean"],
+        "pretrain": [StrOptions({"auto"}), "boolean"],
+        "pretrain_epochs": [Interval(Real, 0, None, closed="neither")],
+        "mixed_precision": ["boolean"],
+    }
+
+    def _init_denoiser_name(self) -> str:
+        """The shrinkage of the classical solver the network starts from."""
+        return "soft" if isinstance(self.denoiser, str) and self.denoiser == "soft" else "bg"
+
+    def _denoiser_template(self) -> nn.Module:
+        """The module every layer starts from (a new one; the parameter is never changed)."""
+        if isinstance(self.denoiser, nn.Module):
+            template = copy.deepcopy(self.denoiser)
+        elif self.denoiser in ("bg", "soft", "mlp"):  # the classical solver's fitted θ
+            template = make_denoiser(
+                self.denoiser, self.init_estimator_.theta_.detach().cpu().numpy().copy())
+        else:
+            template = make_denoiser(self.denoiser, default_theta(self.denoiser)
+                                     if self.denoiser in ("pwlin", "expo", "spline") else None)
+        if self.mixed_precision:
+            for sub in template.modules():
+                if hasattr(sub, "mixed_precision"):
+                    sub.mixed_precision = True
+        return template
+
+    def _analytic_template(self) -> nn.Module:
+        """The classical solver's shrinkage: the denoiser of the network whose noise levels a
+        pretrained denoiser must serve."""
+        return make_denoiser(self._init_denoiser_name(),
+                             self.init_estimator_.theta_.detach().cpu().numpy().copy())
+
+    def _pretrains(self, module) -> bool:
+        if self.pretrain != "auto":
+            return bool(self.pretrain)
+        first = module.layer_denoiser(0)
+        return bool(getattr(first, "pretrain_by_default", False))
+
+    def _pretrain_denoisers(self, module, X_train, validation, fit_op, device, dtype, seed
+                            ) -> None:
+        """Pretrain the first layer's denoiser and copy it into every layer."""
+        self.pretrain_history_ = None
+        self.pretrain_noise_levels_ = None
+        if not self._pretrains(module):
+            return
+        Yv, Xv, opv = validation
+        reference = self._build_module(device, dtype, fit_op, denoiser=self._analytic_template())
+        with torch.no_grad(), reference.recording_noise_levels() as levels:
+            reference(Yv, opv)
+        pool = torch.cat([lv.reshape(-1) for lv in levels])
+        pool = pool[torch.isfinite(pool) & (pool > 0)]
+        if pool.numel() == 0:
+            warn_user("the analytic network reported no finite noise level; the denoiser is not "
+                      "pretrained.", UserWarning)
+            return
+        #: Median noise level of each layer of the analytic network, in the data's units.
+        self.pretrain_noise_levels_ = np.array(
+            [float(lv.reshape(-1).median()) * self.data_scale_ for lv in levels])
+        first = module.layer_denoiser(0)
+        self.pretrain_history_ = pretrain_denoiser(
+            first, X_train, pool, X_val=Xv,
+            max_steps=max(1, math.ceil(self.pretrain_epochs * len(X_train)
+                                       / min(self.batch_size, len(X_train)))),
+            batch_size=self.batch_size, learning_rate=self.learning_rate,
+            eval_every=self.eval_every, n_iter_no_change=self.n_iter_no_change,
+            tol=1.0 - 10.0 ** (-float(self.tol) / 10.0), seed=seed, verbose=self.verbose)
+        state = first.state_dict()
+        for t in range(1, module.n_layers):
+            other = module.layer_denoiser(t)
+            if other is not first:
+                other.load_state_dict(state)
+
+    def _denoiser_architecture(self) -> dict:
+        den = self.denoiser
+        if isinstance(den, nn.Module):
+            config = den.config() if hasattr(den, "config") else {}
+            den = f"{type(den).__module__}.{type(den).__qualname__}{sorted(config.items())}"
+        return {"denoiser": den, "tie_denoiser": bool(self.tie_denoiser)}
+
+    def _denoiser_coefficients(self, summary: dict) -> None:
+        self.theta_ = summary.get("theta")
+        if "threshold" in summary:
+            self.thresholds_ = summary["threshold"]
