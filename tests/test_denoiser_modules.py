@@ -592,3 +592,19 @@ def test_upgrade_state_dict_ldvamp_mlp(small):
         assert torch.equal(fresh.layer_denoiser(t).shrinkage.theta,
                            net.layer_denoiser(t).shrinkage.theta)
 
+
+
+def test_an_undertrained_denoiser_is_reported():
+    """A pretrained denoiser that makes the unrolled network start worse than the analytic one
+    (here: a single pretraining step) is reported, with the remedy."""
+    rng = np.random.RandomState(0)
+    X = np.zeros((300, 16))
+    for i in range(300):
+        start = rng.randint(0, 12)
+        X[i, start:start + 4] = rng.standard_normal(4)
+    A = rng.standard_normal((8, 16)) / np.sqrt(8)
+    Y = X @ A.T + 0.01 * rng.standard_normal((300, 8))
+    est = LDVAMPRegressor(A=A, n_layers=2, max_epochs=1, pretrain_epochs=1e-3, random_state=0,
+                          denoiser=ConvDenoiser1d(width=4, depth=3))
+    with pytest.warns(UserWarning, match="Raise pretrain_epochs"):
+        est.fit(Y, X)

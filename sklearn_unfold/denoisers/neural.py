@@ -120,7 +120,7 @@ class MLPResidualDenoiser(Denoiser):
 
 
 #: ``divergence="auto"`` computes the exact diagonal when it takes at most this many probes.
-_MAX_AUTO_PROBES = 32
+_MAX_AUTO_PROBES = 64
 #: ``ε = max|r| / ratio`` of the Monte-Carlo probe when the network runs in bfloat16: the format
 #: keeps about 3 significant digits, so the finite difference needs a larger step.
 _MIXED_EPS_RATIO = 50.0
@@ -286,7 +286,7 @@ class ConvDenoiser1d(_ConvResidualDenoiser):
     diagonal from one finite difference per colour of entries a receptive field apart, so
     ``receptive field`` extra passes) or estimated with one Monte-Carlo probe
     (:func:`~sklearn_unfold.denoisers.mc_divergence`, ``"mc"``: two passes, for long signals).
-    ``"auto"`` takes the exact diagonal when it needs at most 32 passes. The single probe's
+    ``"auto"`` takes the exact diagonal when it needs at most 64 passes. The single probe's
     relative error is about ``√(2‖J‖_F²)/tr J``: 30-40 % per signal for a 128-entry signal with
     a dozen active entries, which VAMP's precision updates do not tolerate; AMP's Onsager term
     does better, and on images of ``10⁴``-``10⁵`` pixels one probe is accurate. It starts at
@@ -332,7 +332,7 @@ class DnCNN(_ConvResidualDenoiser):
     with the signal of ``N = H·W`` entries seen as an ``H × W`` image (Zhang et al., IEEE TIP
     2017, without batch normalisation; Metzler et al.'s learned D-AMP uses the same denoiser).
     Used inside D-AMP / D-VAMP its divergence comes from one Monte-Carlo probe or, for small
-    images (at most 32 colour probes), exactly (see :class:`ConvDenoiser1d`).
+    images (at most 64 colour probes), exactly (see :class:`ConvDenoiser1d`).
 
     Parameters
     ----------

@@ -35,13 +35,18 @@ DENOISER_PARAMS_DOC = """
         early-stopping settings of a stage (after Metzler et al.'s learned D-AMP), then copy
         it into every layer. ``"auto"`` pretrains denoisers without an analytic starting point
         (the convolutional ones). The record is in ``pretrain_history_``.
-    pretrain_epochs : float, default=30
+    pretrain_epochs : float, default=50
         The most passes over the training signals (each with fresh noise) that pretraining
         takes; a pass costs one evaluation of the denoiser per signal, far less than a pass of
         the unrolled network.
     mixed_precision : bool, default=False
         Run the convolutions of a convolutional denoiser in bfloat16 under ``torch.autocast``
         (meant for GPUs; the message-passing arithmetic stays in ``dtype``)."""
+
+
+def _nmse_db(X_hat, X) -> float:
+    err = (X_hat - X).abs().square().sum()
+    return float(10.0 * torch.log10(err / X.abs().square().sum()))
 
 
 class DenoisingEstimatorMixin:
@@ -97,7 +102,7 @@ class DenoisingEstimatorMixin:
         Yv, Xv, opv = validation
         reference = self._build_module(device, dtype, fit_op, denoiser=self._analytic_template())
         with torch.no_grad(), reference.recording_noise_levels() as levels:
-            reference(Yv, opv)
+            reference_db = _nmse_db(reference(Yv, opv)[-1], Xv)
         pool = torch.cat([lv.reshape(-1) for lv in levels])
         pool = pool[torch.isfinite(pool) & (pool > 0)]
         if pool.numel() == 0:
@@ -108,18 +113,33 @@ class DenoisingEstimatorMixin:
         self.pretrain_noise_levels_ = np.array(
             [float(lv.reshape(-1).median()) * self.data_scale_ for lv in levels])
         first = module.layer_denoiser(0)
+        steps_per_pass = math.ceil(len(X_train) / min(self.batch_size, len(X_train)))
         self.pretrain_history_ = pretrain_denoiser(
             first, X_train, pool, X_val=Xv,
-            max_steps=max(1, math.ceil(self.pretrain_epochs * len(X_train)
-                                       / min(self.batch_size, len(X_train)))),
+            max_steps=max(1, math.ceil(self.pretrain_epochs * steps_per_pass)),
             batch_size=self.batch_size, learning_rate=self.learning_rate,
-            eval_every=self.eval_every, n_iter_no_change=self.n_iter_no_change,
+            # a check per pass over the signals, and at least 5 checks of patience: a
+            # denoiser keeps improving slowly for many passes, and its divergence matches its
+            # error (which VAMP's precisions rely on) only once it is well trained
+            eval_every=max(self.eval_every, steps_per_pass),
+            n_iter_no_change=max(self.n_iter_no_change, 5),
             tol=1.0 - 10.0 ** (-float(self.tol) / 10.0), seed=seed, verbose=self.verbose)
         state = first.state_dict()
         for t in range(1, module.n_layers):
             other = module.layer_denoiser(t)
             if other is not first:
                 other.load_state_dict(state)
+        module.eval()
+        with torch.no_grad():
+            start_db = _nmse_db(module(Yv, opv)[-1], Xv)
+        if not start_db <= reference_db:
+            warn_user(
+                f"{type(self).__name__}: with the pretrained denoiser the network starts at a "
+                f"validation NMSE of {start_db:.2f} dB, worse than the same network with the "
+                f"Bernoulli-Gaussian denoiser ({reference_db:.2f} dB): the denoiser is not yet "
+                "good enough to unroll (VAMP in particular takes its divergence for its error, "
+                "which holds only for a well-trained denoiser). Raise pretrain_epochs, or lower "
+                "learning_rate.", UserWarning)
 
     def _denoiser_architecture(self) -> dict:
         den = self.denoiser

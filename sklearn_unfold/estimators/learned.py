@@ -182,9 +182,9 @@ class LAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     Parameters
     ----------
     %A%
-    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp", "conv1d"} or torch.nn.Module, \
-            default="bg"
-        The layers' denoiser: ``"bg"`` and ``"soft"`` start from the matched AMP;
+    denoiser : str or torch.nn.Module, default="bg"
+        The layers' denoiser, one of ``"bg"``, ``"soft"``, ``"pwlin"``, ``"expo"``,
+        ``"spline"``, ``"mlp"``, ``"conv1d"`` or a module: ``"bg"`` and ``"soft"`` start from the matched AMP;
         ``"pwlin"``, ``"expo"`` and ``"spline"`` from their default parameters; ``"mlp"`` is the
         BG shrinkage plus a small per-entry MLP residual that starts at zero; ``"conv1d"`` a
         :class:`~sklearn_unfold.denoisers.ConvDenoiser1d` with its defaults. Any denoiser
@@ -227,7 +227,7 @@ class LAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
-                 pretrain_epochs=30, mixed_precision=False, n_layers=10, tied=False,
+                 pretrain_epochs=50, mixed_precision=False, n_layers=10, tied=False,
                  init="analytic",
                  training="end_to_end", curriculum=True, max_epochs=20, batch_size=500,
                  learning_rate=3e-3, validation_fraction="auto", n_iter_no_change=3, tol=0.01,
@@ -312,8 +312,7 @@ class LDVAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     Parameters
     ----------
     %A%
-    denoiser : {"bg", "soft", "pwlin", "expo", "spline", "mlp", "conv1d"} or torch.nn.Module, \
-            default="bg"
+    denoiser : str or torch.nn.Module, default="bg"
         As in :class:`LAMPRegressor`; a convolutional module makes this learned D-VAMP.%DENOISING%
     gains : bool, default=False
         Also learn per-singular-value gains of the LMMSE stage.
@@ -356,7 +355,7 @@ class LDVAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
-                 pretrain_epochs=30, mixed_precision=False, gains=False, damping=1.0,
+                 pretrain_epochs=50, mixed_precision=False, gains=False, damping=1.0,
                  adaptive_noise=False,
                  n_layers=10, tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=20,
