@@ -87,7 +87,8 @@ def clustered(args) -> None:
     oracle = nmse_db(Xte, support_oracle(Yte, A, Xte != 0))
     _fit("VAMP-bg (50 iterations)", VAMPRegressor(A=A), Ytr, Xtr, Yte, Xte, rows)
     common = dict(A=A, n_layers=args.layers, random_state=0, max_epochs=args.epochs)
-    _fit(f"LDVAMP-bg, {args.layers} layers", LDVAMPRegressor(**common), Ytr, Xtr, Yte, Xte, rows)
+    _fit(f"LDVAMP-bg, {args.layers} layers (default training)",
+         LDVAMPRegressor(A=A, n_layers=args.layers, random_state=0), Ytr, Xtr, Yte, Xte, rows)
     _fit(f"LDVAMP-conv1d, {args.layers} layers", LDVAMPRegressor(
         denoiser=_conv1d(args), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
     if not args.skip_lamp:
@@ -164,7 +165,9 @@ def ofdm(args) -> None:
          VAMPRegressor(A=A, max_iter=30, damping=0.8), Ytr, Xtr, Yte, Xte, rows)
     common = dict(A=A, n_layers=args.layers, random_state=0, damping=0.8,
                   max_epochs=args.epochs)
-    _fit(f"LDVAMP-bg, {args.layers} layers", LDVAMPRegressor(**common), Ytr, Xtr, Yte, Xte, rows)
+    _fit(f"LDVAMP-bg, {args.layers} layers (default training)",
+         LDVAMPRegressor(A=A, n_layers=args.layers, random_state=0, damping=0.8),
+         Ytr, Xtr, Yte, Xte, rows)
     _fit(f"LDVAMP-conv1d, {args.layers} layers", LDVAMPRegressor(
         denoiser=_conv1d(args), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
     rows.append(("support oracle", oracle, 0.0))
