@@ -324,7 +324,8 @@ def make_angle_delay_channel_estimation(
     kron = isinstance(pilots, KroneckerOperator)
     Na = pilots.A1.shape[1] if kron else _positive_int(n_antennas, "n_antennas")
     Ap = _pilot_operator(pilots, n_pilots, n_subcarriers, n_taps, pilot_pattern, rng)
-    prior = ClusteredAngleDelayPrior(Ap.n_taps, n_clusters, cluster_length, decay_taps, Na, angle_spread)
+    prior = ClusteredAngleDelayPrior(Ap.n_taps, n_clusters, cluster_length, decay_taps,
+                                     n_antennas=Na, angle_spread=angle_spread)
     A = KroneckerOperator(unitary_dft_matrix(Na), Ap)
     return _observe(prior, A, n_samples, snr_db, rng, return_noise_var)
 

@@ -174,7 +174,7 @@ def test_adaptive_noise_learns_each_samples_noise_level():
     for _ in range(30):
         _, r2, gamma2, _, gamma_w = vamp_step(
             r2, gamma2, op.lmmse_context(Yt), op, gamma_w,
-            BernoulliGaussian(bg_theta(adaptive.sparsity_, adaptive.signal_var_)),
+            BernoulliGaussian(bg_theta(adaptive.sparsity_, adaptive.signal_var_)).requires_grad_(False),
             precision_bounds=bounds, y=Yt)
     assert gamma_w.shape == (200, 1)
     assert float(torch.median(1.0 / gamma_w)) == pytest.approx(noise_var, rel=0.2)
