@@ -141,6 +141,16 @@ class _ConvResidualDenoiser(Denoiser):
     pretrain_by_default = True
     _conv: type = nn.Conv1d
 
+    def _setup(self, depth, width, kernel_size, divergence, probe_seed, mixed_precision) -> None:
+        """Store the settings under their own names, check them and build the network."""
+        self.depth = depth
+        self.width = width
+        self.kernel_size = kernel_size
+        self.divergence = divergence
+        self.probe_seed = probe_seed
+        self.mixed_precision = bool(mixed_precision)
+        self._build_body()
+
     def _build_body(self) -> None:
         for name, value, low in (("depth", self.depth, 2), ("width", self.width, 1),
                                  ("kernel_size", self.kernel_size, 1)):
@@ -315,13 +325,7 @@ class ConvDenoiser1d(_ConvResidualDenoiser):
     def __init__(self, depth: int = 5, width: int = 32, kernel_size: int = 3, *,
                  divergence: str = "auto", probe_seed: int = 0, mixed_precision: bool = False):
         super().__init__()
-        self.depth = depth
-        self.width = width
-        self.kernel_size = kernel_size
-        self.divergence = divergence
-        self.probe_seed = probe_seed
-        self.mixed_precision = bool(mixed_precision)
-        self._build_body()
+        self._setup(depth, width, kernel_size, divergence, probe_seed, mixed_precision)
 
 
 class DnCNN(_ConvResidualDenoiser):
@@ -358,13 +362,7 @@ class DnCNN(_ConvResidualDenoiser):
             raise ValueError(f"image_shape must be a pair of positive integers (H, W); got "
                              f"{image_shape!r}.")
         self.image_shape = shape
-        self.depth = depth
-        self.width = width
-        self.kernel_size = kernel_size
-        self.divergence = divergence
-        self.probe_seed = probe_seed
-        self.mixed_precision = bool(mixed_precision)
-        self._build_body()
+        self._setup(depth, width, kernel_size, divergence, probe_seed, mixed_precision)
 
     def _spatial(self, n_features: int) -> tuple[int, ...]:
         if n_features != math.prod(self.image_shape):
