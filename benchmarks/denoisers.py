@@ -69,6 +69,7 @@ def _table(title: str, rows, oracle_db: float | None = None) -> None:
 def _conv1d(args):
     from sklearn_unfold.denoisers import ConvDenoiser1d
 
+    torch.manual_seed(0)  # a module's initial weights are its own: seed them for a repeatable run
     return ConvDenoiser1d(depth=args.depth, width=args.width, kernel_size=3)
 
 
@@ -132,6 +133,7 @@ def digits(args) -> None:
          Ytr, Xtr, Yte, Xte, rows)
 
     def dncnn():
+        torch.manual_seed(0)  # the template's initial weights: seeded for a repeatable run
         return DnCNN((8, 8), depth=args.depth, width=args.width, divergence=args.digit_divergence)
 
     ld = _fit(f"LDVAMP-DnCNN, {args.digit_layers} layers", LDVAMPRegressor(

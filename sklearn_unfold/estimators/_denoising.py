@@ -23,6 +23,9 @@ from ..training import pretrain_denoiser
 
 #: The documentation of the denoiser parameters, shared by LAMP and LDVAMP.
 DENOISER_PARAMS_DOC = """
+        A module passed here brings its own initial weights: build it after
+        ``torch.manual_seed`` for a fit that repeats exactly (a named denoiser is built from
+        ``random_state``).
     tie_denoiser : bool, default=False
         Share one denoiser module between all layers instead of giving each layer its own copy
         of ``denoiser`` (every copy starts equal and is trained apart). The rule is the same
