@@ -90,13 +90,15 @@ def clustered(args) -> None:
     common = dict(A=A, n_layers=args.layers, random_state=0, max_epochs=args.epochs)
     _fit(f"LDVAMP-bg, {args.layers} layers (default training)",
          LDVAMPRegressor(A=A, n_layers=args.layers, random_state=0), Ytr, Xtr, Yte, Xte, rows)
-    _fit(f"LDVAMP-conv1d, {args.layers} layers", LDVAMPRegressor(
-        denoiser=_conv1d(args), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
-    if not args.skip_lamp:
+    if not args.baselines_only:
+        _fit(f"LDVAMP-conv1d, {args.layers} layers", LDVAMPRegressor(
+            denoiser=_conv1d(args), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
+    if not (args.skip_lamp or args.baselines_only):
         _fit(f"learned D-AMP (LAMP-conv1d), {args.layers} layers", LAMPRegressor(
             denoiser=_conv1d(args), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
     _fit("MLP regressor (2x500, early stopping)", MLPRegressor(
-        (500, 500), early_stopping=True, max_iter=200, random_state=0), Ytr, Xtr, Yte, Xte, rows)
+        hidden_layer_sizes=(500, 500), early_stopping=True, max_iter=200, random_state=0),
+        Ytr, Xtr, Yte, Xte, rows)
     rows.append(("support oracle (least squares on the taps)", oracle, 0.0))
     _table(f"clustered sparse signals, {n_train} pairs", rows, oracle)
 
@@ -136,16 +138,20 @@ def digits(args) -> None:
         torch.manual_seed(0)  # the template's initial weights: seeded for a repeatable run
         return DnCNN((8, 8), depth=args.depth, width=args.width, divergence=args.digit_divergence)
 
-    ld = _fit(f"LDVAMP-DnCNN, {args.digit_layers} layers", LDVAMPRegressor(
-        denoiser=dncnn(), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
-    n_params = sum(p.numel() for p in ld.module_.parameters())
-    if not args.skip_lamp:
+    # the network's parameters: the shared DnCNN and three scalars per layer
+    n_params = sum(p.numel() for p in dncnn().parameters()) + 3 * args.digit_layers
+    if not args.baselines_only:
+        ld = _fit(f"LDVAMP-DnCNN, {args.digit_layers} layers", LDVAMPRegressor(
+            denoiser=dncnn(), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
+        n_params = sum(p.numel() for p in ld.module_.parameters())
+    if not (args.skip_lamp or args.baselines_only):
         _fit(f"learned D-AMP (LAMP-DnCNN), {args.digit_layers} layers", LAMPRegressor(
             denoiser=dncnn(), tie_denoiser=True, **common), Ytr, Xtr, Yte, Xte, rows)
     # an MLP from measurements to images with at least as many parameters as LDVAMP-DnCNN
     hidden = max(64, math.ceil((n_params - 64) / (32 + 64 + 1)))
     for width in (hidden, 2 * hidden):
-        mlp = MLPRegressor((width,), early_stopping=True, max_iter=2000, random_state=0)
+        mlp = MLPRegressor(hidden_layer_sizes=(width,), early_stopping=True, max_iter=2000,
+                           random_state=0)
         _fit(f"MLP regressor ({width} hidden, early stopping)", mlp, Ytr, Xtr, Yte, Xte, rows)
         count = sum(w.size for w in mlp.coefs_) + sum(b.size for b in mlp.intercepts_)
         print(f"    ({count} parameters; LDVAMP-DnCNN has {n_params})")
@@ -252,6 +258,8 @@ def main() -> None:
     parser.add_argument("--se-n", type=int, default=8000,
                         help="signal length of the D-AMP run (M = N/2)")
     parser.add_argument("--skip-lamp", action="store_true")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="skip the networks with convolutional denoisers")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
