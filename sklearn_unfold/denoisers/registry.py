@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .base import SHRINKAGES, Denoiser, Shrinkage
+from .base import SHRINKAGES, Denoiser
 from .neural import ConvDenoiser1d, MLPResidualDenoiser
 
 #: Names the estimators accept for ``denoiser``: the shrinkages, ``"mlp"`` (BG plus a per-entry
@@ -74,12 +72,3 @@ def as_denoiser(denoiser, theta=None) -> nn.Module:
         return FunctionDenoiser(denoiser, theta)
     raise TypeError(f"denoiser must be a torch.nn.Module, a name or a function; got "
                     f"{type(denoiser).__name__}.")
-
-
-def clone_denoiser(module: nn.Module) -> nn.Module:
-    """An independent copy of ``module`` (its weights included)."""
-    return copy.deepcopy(module)
-
-
-def is_shrinkage(module) -> bool:
-    return isinstance(module, Shrinkage)
