@@ -159,18 +159,11 @@ def test_mc_divergence_of_a_linear_map_is_its_trace(complex_):
     _check_mc_estimate(est, expected, var, n)
 
 
-def test_mc_divergence_default_probe_complex():
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_mc_divergence_default_probe(complex_):
     n = 16
-    W, expected, var = _linear_map(True)
-    r, _ = _signal(n, W.shape[0], True, seed=3)
-    torch.manual_seed(5)
-    _check_mc_estimate(mc_divergence(lambda z: z @ W.T, r), expected, var, n)
-
-
-def test_mc_divergence_default_probe_real():
-    n = 16
-    W, expected, var = _linear_map(False)
-    r, _ = _signal(n, W.shape[0], False, seed=3)
+    W, expected, var = _linear_map(complex_)
+    r, _ = _signal(n, W.shape[0], complex_, seed=3)
     torch.manual_seed(5)
     _check_mc_estimate(mc_divergence(lambda z: z @ W.T, r), expected, var, n)
 

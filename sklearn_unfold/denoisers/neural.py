@@ -8,13 +8,14 @@ the estimate and its mean divergence) and are conditioned on the noise level: th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .base import SHRINKAGES, Denoiser, mc_divergence
+from .base import MC_EPS_RATIO, SHRINKAGES, Denoiser, mc_divergence
 from .scalar import _mean, _tiny
 
 __all__ = ["ConvDenoiser1d", "DnCNN", "MLPDenoiser", "MLPResidualDenoiser"]
@@ -126,6 +127,18 @@ _MAX_AUTO_PROBES = 64
 _MIXED_EPS_RATIO = 50.0
 
 
+@functools.lru_cache(maxsize=32)
+def _colouring(spatial: tuple[int, ...], field: int) -> tuple[np.ndarray, int]:
+    """Each entry's colour (its position modulo ``min(field, size)`` in every dimension) and the
+    number of colours: entries of one colour are a receptive field apart."""
+    period = [min(field, d) for d in spatial]
+    grid = np.indices(spatial).reshape(len(spatial), -1)
+    colour = np.zeros(grid.shape[1], dtype=np.int64)
+    for k, per in enumerate(period):
+        colour = colour * per + grid[k] % per
+    return colour, int(np.prod(period))
+
+
 class _ConvResidualDenoiser(Denoiser):
     r"""A DnCNN-style residual network: ``g(r) = r − σ · CNN([Re r/σ, Im r/σ, log σ])``.
 
@@ -225,13 +238,7 @@ class _ConvResidualDenoiser(Denoiser):
     def _probed_divergence_nograd(self, r: Tensor, sigma: Tensor, value: Tensor,
                                   eps_ratio: float) -> Tensor:
         n, N = r.shape
-        spatial = self._spatial(N)
-        period = [min(self.receptive_field(), d) for d in spatial]
-        grid = np.indices(spatial).reshape(len(spatial), -1)
-        colour = np.zeros(N, dtype=np.int64)
-        for k, per in enumerate(period):
-            colour = colour * per + grid[k] % per
-        n_colours = int(np.prod(period))
+        colour, n_colours = _colouring(self._spatial(N), self.receptive_field())
         real = r.real.dtype
         masks = torch.zeros((n_colours, N), dtype=real, device=r.device)
         masks[torch.as_tensor(colour, device=r.device), torch.arange(N, device=r.device)] = 1.0
@@ -270,7 +277,7 @@ class _ConvResidualDenoiser(Denoiser):
             return self.estimate(x, sigma)
 
         value = fn(r)
-        ratio = _MIXED_EPS_RATIO if self.mixed_precision else 1000.0
+        ratio = _MIXED_EPS_RATIO if self.mixed_precision else MC_EPS_RATIO
         if self._divergence_kind(r.shape[-1]) == "exact":
             dmean = self._probed_divergence(r, sigma, value, ratio)
         else:
