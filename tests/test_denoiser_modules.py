@@ -385,6 +385,25 @@ def test_ldvamp_records_its_pretraining(tiny):
     assert off.pretrain_history_ is None and off.pretrain_noise_levels_ is None
 
 
+def test_pretraining_noise_grid_covers_the_recorded_range():
+    from sklearn_unfold.estimators._denoising import _noise_level_grid
+
+    # levels crowded at the low end, as an analytic network that settles records them
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.cat([torch.full((900,), 0.05), 0.05 + 0.5 * torch.rand(100, generator=gen)])
+    grid = _noise_level_grid(pool)
+    lo, hi = torch.quantile(pool.double(), torch.tensor([0.005, 0.995], dtype=torch.float64))
+    assert float(grid.min()) == pytest.approx(float(lo) / 4, rel=1e-6)
+    assert float(grid.max()) == pytest.approx(float(hi), rel=1e-6)
+    steps = torch.diff(torch.log(grid))  # log-uniform: equal ratios between neighbours
+    assert torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-3)
+    # half the grid lies above the geometric mean of its ends, however crowded the pool was
+    assert float((grid > (grid.min() * grid.max()).sqrt()).float().mean()) == pytest.approx(
+        0.5, abs=0.01)
+    one = _noise_level_grid(torch.full((10,), 0.2))  # a single level still gives a range
+    assert float(one.min()) == pytest.approx(0.05) and float(one.max()) == pytest.approx(0.2)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_dncnn_image_shape_must_match_the_signal():
     den = DnCNN((4, 4), width=4, depth=2)

@@ -33,18 +33,43 @@ DENOISER_PARAMS_DOC = """
         rest of the layer.
     pretrain : "auto" or bool, default="auto"
         Train the denoiser alone before unrolling it: on the training signals plus Gaussian
-        noise at the noise levels the layers of the analytic network (the same network with the
-        Bernoulli-Gaussian denoiser) see on the held-out pairs, at ``learning_rate`` with the
-        early-stopping settings of a stage (after Metzler et al.'s learned D-AMP), then copy
-        it into every layer. ``"auto"`` pretrains denoisers without an analytic starting point
-        (the convolutional ones). The record is in ``pretrain_history_``.
-    pretrain_epochs : float, default=50
+        noise at levels drawn log-uniformly over the range the layers of the analytic network
+        (the same network with the Bernoulli-Gaussian denoiser) see on the held-out pairs,
+        extended four times lower, at ``learning_rate`` with the early-stopping settings of a
+        stage (after Metzler et al.'s learned D-AMP), then copy it into every layer.
+        ``"auto"`` pretrains denoisers without an analytic starting point (the convolutional
+        ones). The record is in ``pretrain_history_``.
+    pretrain_epochs : float, default=500
         The most passes over the training signals (each with fresh noise) that pretraining
         takes; a pass costs one evaluation of the denoiser per signal, far less than a pass of
         the unrolled network.
     mixed_precision : bool, default=False
         Run the convolutions of a convolutional denoiser in bfloat16 under ``torch.autocast``
         (meant for GPUs; the message-passing arithmetic stays in ``dtype``)."""
+
+
+#: How far below the lowest noise level the analytic network reaches pretraining goes: the
+#: learned network's last layers see less noise than the analytic one's.
+_PRETRAIN_LOW_FACTOR = 4.0
+#: The fewest optimiser steps between two checks of pretraining's held-out loss.
+_PRETRAIN_MIN_CHECK_STEPS = 50
+#: Noise levels in the pretraining grid.
+_PRETRAIN_GRID = 256
+
+
+def _noise_level_grid(pool: torch.Tensor) -> torch.Tensor:
+    """Log-uniform noise levels over the range of ``pool``, extended downwards.
+
+    The recorded levels crowd where the analytic network converges; drawn from them, the first
+    layers' high noise levels are rare and the denoiser's divergence is least accurate exactly
+    where VAMP's first precision updates rely on it. The range is the 0.5 % to 99.5 %
+    quantiles of the pool, its lower end divided by ``_PRETRAIN_LOW_FACTOR``.
+    """
+    pool = pool.double()
+    lo, hi = (float(q) for q in torch.quantile(pool[:2**24], pool.new_tensor([0.005, 0.995])))
+    lo = lo / _PRETRAIN_LOW_FACTOR
+    hi = max(hi, lo * (1.0 + 1e-6))
+    return torch.exp(torch.linspace(math.log(lo), math.log(hi), _PRETRAIN_GRID))
 
 
 def _nmse_db(X_hat, X) -> float:
@@ -112,6 +137,7 @@ class DenoisingEstimatorMixin:
             warn_user("the analytic network reported no finite noise level; the denoiser is not "
                       "pretrained.", UserWarning)
             return
+        pool = _noise_level_grid(pool)
         #: Median noise level of each layer of the analytic network, in the data's units.
         self.pretrain_noise_levels_ = np.array(
             [float(lv.reshape(-1).median()) * self.data_scale_ for lv in levels])
@@ -121,10 +147,11 @@ class DenoisingEstimatorMixin:
             first, X_train, pool, X_val=Xv,
             max_steps=max(1, math.ceil(self.pretrain_epochs * steps_per_pass)),
             batch_size=self.batch_size, learning_rate=self.learning_rate,
-            # a check per pass over the signals, and at least 5 checks of patience: a
-            # denoiser keeps improving slowly for many passes, and its divergence matches its
-            # error (which VAMP's precisions rely on) only once it is well trained
-            eval_every=max(self.eval_every, steps_per_pass),
+            # a check per pass over the signals (at least 50 steps apart), and at least 5
+            # checks of patience: a denoiser keeps improving slowly for many passes, and its
+            # divergence matches its error (which VAMP's precisions rely on) only once it is
+            # well trained
+            eval_every=max(self.eval_every, steps_per_pass, _PRETRAIN_MIN_CHECK_STEPS),
             n_iter_no_change=max(self.n_iter_no_change, 5),
             tol=1.0 - 10.0 ** (-float(self.tol) / 10.0), seed=seed, verbose=self.verbose)
         state = first.state_dict()

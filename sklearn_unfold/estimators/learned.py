@@ -227,7 +227,7 @@ class LAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
-                 pretrain_epochs=50, mixed_precision=False, n_layers=10, tied=False,
+                 pretrain_epochs=500, mixed_precision=False, n_layers=10, tied=False,
                  init="analytic",
                  training="end_to_end", curriculum=True, max_epochs=20, batch_size=500,
                  learning_rate=3e-3, validation_fraction="auto", n_iter_no_change=3, tol=0.01,
@@ -355,7 +355,7 @@ class LDVAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
     }
 
     def __init__(self, A=None, *, denoiser="bg", tie_denoiser=False, pretrain="auto",
-                 pretrain_epochs=50, mixed_precision=False, gains=False, damping=1.0,
+                 pretrain_epochs=500, mixed_precision=False, gains=False, damping=1.0,
                  adaptive_noise=False,
                  n_layers=10, tied=False,
                  init="analytic", training="end_to_end", curriculum=True, max_epochs=20,
