@@ -353,5 +353,10 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# PLACEHOLDER_CONCLUSION
+# The convolutional denoiser finds the clusters: it keeps weak taps next to strong ones and
+# removes isolated noise, which the per-entry shrinkage cannot tell apart. The printed table
+# gives the NMSE of both networks at 20 dB and their distance to the support oracle; the
+# :doc:`/benchmarks` page has the same comparison with 32 pilots and 5,000 training channels.
+# The price is training time: pretraining the denoiser, then every layer's exact divergence
+# (11 extra passes of the small network here), make the fit minutes instead of seconds.
 

@@ -321,7 +321,10 @@ class LDVAMPRegressor(DenoisingEstimatorMixin, LearnedEstimatorBase):
         below 1 every layer from the second on learns its own damping ``β_t`` of the message
         ``r_2`` and the precision ``γ_2``, starting at this value. Undamped VAMP can oscillate
         on structured operators (a partial DFT of few pilots, say), where damping ``0.8``
-        makes it converge; 1 keeps the undamped network.
+        makes it converge; 1 keeps the undamped network. With a convolutional denoiser
+        (learned D-VAMP) damping ``0.8`` is the safer start: the precision update takes the
+        trained network's divergence for its error, and undamped layers can amplify the
+        difference on some signals (:doc:`/user_guide/denoisers`).
     adaptive_noise : bool, default=False
         Unroll adaptive VAMP: every layer re-estimates each sample's noise precision by
         expectation maximisation (starting from ``noise_var_``) and learns only a correction
