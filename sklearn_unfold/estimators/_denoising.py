@@ -137,14 +137,13 @@ class DenoisingEstimatorMixin:
             warn_user("the analytic network reported no finite noise level; the denoiser is not "
                       "pretrained.", UserWarning)
             return
-        pool = _noise_level_grid(pool)
         #: Median noise level of each layer of the analytic network, in the data's units.
         self.pretrain_noise_levels_ = np.array(
             [float(lv.reshape(-1).median()) * self.data_scale_ for lv in levels])
         first = module.layer_denoiser(0)
         steps_per_pass = math.ceil(len(X_train) / min(self.batch_size, len(X_train)))
         self.pretrain_history_ = pretrain_denoiser(
-            first, X_train, pool, X_val=Xv,
+            first, X_train, _noise_level_grid(pool), X_val=Xv,
             max_steps=max(1, math.ceil(self.pretrain_epochs * steps_per_pass)),
             batch_size=self.batch_size, learning_rate=self.learning_rate,
             # a check per pass over the signals (at least 50 steps apart), and at least 5
