@@ -67,9 +67,9 @@ def _noise_level_grid(pool: torch.Tensor) -> torch.Tensor:
     """
     pool = pool.double()
     lo, hi = (float(q) for q in torch.quantile(pool[:2**24], pool.new_tensor([0.005, 0.995])))
-    lo = lo / _PRETRAIN_LOW_FACTOR
-    hi = max(hi, lo * (1.0 + 1e-6))
-    return torch.exp(torch.linspace(math.log(lo), math.log(hi), _PRETRAIN_GRID))
+    # hi ≥ the lower quantile, so the range is never empty
+    return torch.exp(torch.linspace(math.log(lo / _PRETRAIN_LOW_FACTOR), math.log(hi),
+                                    _PRETRAIN_GRID))
 
 
 def _nmse_db(X_hat, X) -> float:
